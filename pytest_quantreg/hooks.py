@@ -1,0 +1,20 @@
+"""Hook specifications other plugins and conftest.py files implement."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_quantreg.precisions import Registry
+
+
+def pytest_quantreg_precisions(registry: Registry) -> None:
+    """Register custom precisions, e.g. from a conftest.py next to your tests::
+
+        def pytest_quantreg_precisions(registry):
+            registry.register("int8-mine", build=my_build, devices=["cpu"],
+                              max_drop=2.0, max_latency_ratio={"cpu": 1.5})
+
+    ``build`` receives a :class:`~pytest_quantreg.precisions.BuildContext` (``ctx.load(**kwargs)``
+    loads the FP32 folder on ``ctx.device``) and returns the model to test.
+    """

@@ -1,0 +1,209 @@
+"""Command-line options and ini settings, resolved once into frozen :class:`Settings`.
+
+Every option has an ini twin (``quantreg_precision`` for ``--precision`` and so on); the command
+line wins. Values are checked here, so a mistake is a usage error before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pytest_quantreg.data import SampleSpec, parse_sample_spec
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.precisions import DEFAULT_PRECISIONS
+
+# (option, ini name, default, help); flags are declared separately.
+_VALUED: list[tuple[str, str, str, str]] = [
+    (
+        "--precision",
+        "quantreg_precision",
+        DEFAULT_PRECISIONS,
+        "Comma-separated precisions to test: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, "
+        "aliases int8 and int4, or all (default: %(default)s)",
+    ),
+    ("--device", "quantreg_device", "auto", "Device to run on: cpu, cuda, cuda:N or auto (CUDA when available; default: %(default)s)"),
+    ("--quantreg-model", "quantreg_model", "", "Local Hugging Face folder of a sequence classifier (default: the embedded example)"),
+    ("--quantreg-dataset", "quantreg_dataset", "", "CSV or JSON Lines file with texts and labels (default: the embedded tweets)"),
+    ("--quantreg-text-column", "quantreg_text_column", "text", "Text column of --quantreg-dataset (default: %(default)s)"),
+    (
+        "--quantreg-label-column",
+        "quantreg_label_column",
+        "label",
+        "Label column of --quantreg-dataset: ids or names (default: %(default)s)",
+    ),
+    (
+        "--quantreg-samples",
+        "quantreg_samples",
+        "all",
+        "Samples to evaluate: a count, a fraction such as 0.5 or 1/30, or all (default: %(default)s)",
+    ),
+    ("--quantreg-seed", "quantreg_seed", "0", "Seed of the stratified sample (default: %(default)s)"),
+    ("--quantreg-max-length", "quantreg_max_length", "128", "Tokens per text before truncation (default: %(default)s)"),
+    ("--quantreg-warmup", "quantreg_warmup", "5", "Warmup forward passes before timing each precision (default: %(default)s)"),
+    (
+        "--quantreg-baseline-dir",
+        "quantreg_baseline_dir",
+        "baselines",
+        "Folder of the stored FP32 baselines, relative to the rootdir (default: %(default)s)",
+    ),
+    (
+        "--quantreg-max-drop",
+        "quantreg_max_drop",
+        "",
+        "Largest accuracy drop vs the FP32 baseline, in percentage points: N for every precision or NAME=N,... per precision",
+    ),
+    (
+        "--quantreg-max-latency-ratio",
+        "quantreg_max_latency_ratio",
+        "",
+        "Largest median latency of a precision over FP32's in the same run: N or NAME=N,... per precision",
+    ),
+]
+_FLAGS: list[tuple[str, str, str]] = [
+    (
+        "--quantreg-update-baselines",
+        "quantreg_update_baselines",
+        "Record missing FP32 baselines and refresh existing ones (the only way a baseline is written)",
+    ),
+]
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Declare the ``quantreg`` option group and the ini settings."""
+    group = parser.getgroup("quantreg", "quantization regression (pytest-quantreg)")
+    for option, ini, default, help_text in _VALUED:
+        group.addoption(option, dest=ini, default=None, metavar=option.rsplit("-", 1)[-1].upper(), help=help_text % {"default": default})
+        parser.addini(ini, help_text.split(" (default")[0].split(":")[0], default=default)
+    for option, ini, help_text in _FLAGS:
+        group.addoption(option, dest=ini, action="store_true", default=None, help=help_text)
+        parser.addini(ini, help_text, type="bool", default=False)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A threshold option as given on the command line and in the ini file, per precision."""
+
+    option: str
+    command_line: dict[str, float]
+    ini: dict[str, float]
+
+    def lookup(self, precision: str, marker: float | None, default: float | None) -> tuple[float | None, str]:
+        """The limit for ``precision`` and where it came from: command line > marker > ini > default."""
+        for table, source in (
+            (self.command_line, "command line"),
+            ({"*": marker} if marker is not None else {}, "quantreg marker"),
+            (self.ini, "ini file"),
+        ):
+            for key in (precision, "*"):
+                if key in table:
+                    return table[key], f"{source}: {self.option}" if source != "quantreg marker" else source
+        return default, f"default for {precision}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every quantreg setting of this run, checked."""
+
+    precision: str
+    device: str
+    model: Path | None
+    dataset: Path | None
+    text_column: str
+    label_column: str
+    samples: SampleSpec
+    seed: int
+    max_length: int
+    warmup: int
+    baseline_dir: Path
+    update_baselines: bool
+    max_drop: Limits
+    max_latency_ratio: Limits
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read the command line (winning) and the ini file; raise ``pytest.UsageError`` with the fix."""
+
+    def get(ini: str) -> str:
+        value = config.getoption(ini)
+        return str(value if value is not None else config.getini(ini)).strip()
+
+    def path(ini: str) -> Path | None:
+        value = get(ini)
+        return (config.invocation_params.dir / value).resolve() if value else None
+
+    try:
+        update = config.getoption("quantreg_update_baselines")
+        return Settings(
+            precision=get("quantreg_precision"),
+            device=_device(get("quantreg_device")),
+            model=path("quantreg_model"),
+            dataset=path("quantreg_dataset"),
+            text_column=get("quantreg_text_column"),
+            label_column=get("quantreg_label_column"),
+            samples=parse_sample_spec(get("quantreg_samples")),
+            seed=_integer("--quantreg-seed", get("quantreg_seed"), minimum=0),
+            max_length=_integer("--quantreg-max-length", get("quantreg_max_length"), minimum=8),
+            warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
+            baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
+            update_baselines=bool(update if update is not None else config.getini("quantreg_update_baselines")),
+            max_drop=_limits(config, "--quantreg-max-drop", "quantreg_max_drop"),
+            max_latency_ratio=_limits(config, "--quantreg-max-latency-ratio", "quantreg_max_latency_ratio"),
+        )
+    except QuantregError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _limits(config: pytest.Config, option: str, ini: str) -> Limits:
+    command_line = config.getoption(ini)
+    return Limits(
+        option=option,
+        command_line=parse_thresholds(option, command_line) if command_line is not None else {},
+        ini=parse_thresholds(option, str(config.getini(ini))),
+    )
+
+
+def parse_thresholds(option: str, value: str) -> dict[str, float]:
+    """``1.5`` -> every precision (key ``*``); ``int8=1.5,fp16=0.5`` -> per precision."""
+    limits: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, number = part.rpartition("=")
+        limits[name.strip().lower() or "*"] = threshold(option, number)
+    return limits
+
+
+def threshold(option: str, value: object) -> float:
+    """A finite, non-negative number, or a ``QuantregError`` naming the option."""
+    try:
+        number = float(str(value).strip().rstrip("%"))
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise QuantregError(f"{option}: {value!r} is not a non-negative number; use e.g. {option}=1.5 or {option}=int8=1.5,fp16=0.5")
+    return number
+
+
+def _device(value: str) -> str:
+    text = value.strip().lower()
+    if not _DEVICE.match(text):
+        raise QuantregError(f"--device: {value!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or auto")
+    return text
+
+
+def _integer(option: str, value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise QuantregError(f"{option}: {value!r} is not a whole number; use e.g. {option}={max(minimum, 1)}") from None
+    if number < minimum:
+        raise QuantregError(f"{option}: {number} is below the minimum {minimum}")
+    return number

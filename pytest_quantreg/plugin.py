@@ -1,0 +1,307 @@
+"""The pytest plugin: options, configuration, parametrization, fixtures and the end-of-run table.
+
+Sections in order: hooks that set up the run, collection, fixtures, reporting. The work is done
+in modules named for the pipeline; torch and transformers are imported only when a test needs a
+model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_quantreg import hooks, options
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.gates import FP32, Limit, accuracy_drop_pp, check_accuracy, check_latency, latency_ratio
+from pytest_quantreg.precisions import builtin_registry
+from pytest_quantreg.session import QuantregRun, release_memory
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_quantreg.baselines import Baseline
+    from pytest_quantreg.data import Sample
+
+RUN = pytest.StashKey[QuantregRun]()
+MARKER_KEYS = frozenset({"max_drop", "max_latency_ratio", "precisions"})
+MARKER_HELP = (
+    "quantreg(max_drop=None, max_latency_ratio=None, precisions=None): per-test gates "
+    "(a number, or a dict of precision -> number) and the precisions this test runs for"
+)
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hooks)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    if config.getoption("help"):
+        return
+    settings = options.resolve(config)
+    try:
+        settings = _resolve_device(settings)
+        registry = builtin_registry()
+        config.hook.pytest_quantreg_precisions(registry=registry)
+        selected = registry.select(settings.precision, settings.device_type)
+    except QuantregError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[RUN] = QuantregRun(settings=settings, registry=registry, selected=selected)
+
+
+def _resolve_device(settings: options.Settings) -> options.Settings:
+    """Turn ``auto`` into cpu or cuda; refuse a CUDA device this machine does not have."""
+    if settings.device == "cpu":
+        return settings
+    import dataclasses
+
+    import torch
+
+    available = torch.cuda.is_available()
+    if settings.device == "auto":
+        return dataclasses.replace(settings, device="cuda:0" if available else "cpu")
+    if not available:
+        raise QuantregError(
+            f"--device={settings.device}: CUDA is not available here (torch {torch.__version__}); "
+            "run on a machine with a GPU and a CUDA build of torch, or use --device=cpu"
+        )
+    index = int(settings.device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise QuantregError(
+            f"--device={settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s), 0 to {torch.cuda.device_count() - 1}"
+        )
+    return dataclasses.replace(settings, device=f"cuda:{index}")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    from pytest_quantreg.report import header
+
+    run = config.stash.get(RUN, None)
+    return header(run) if run is not None else []
+
+
+# -- collection ------------------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize tests that use the quantreg fixtures over the selected precisions."""
+    if "quantreg_precision" not in metafunc.fixturenames:
+        return
+    run = metafunc.config.stash[RUN]
+    names = run.selected
+    marker = metafunc.definition.get_closest_marker("quantreg")
+    kwargs = _marker_kwargs(marker, metafunc.definition.nodeid) if marker else {}
+    if kwargs.get("precisions") is not None:
+        try:
+            wanted = set(run.registry.select(",".join(kwargs["precisions"]), run.settings.device_type))
+        except QuantregError as exc:
+            pytest.fail(f"{metafunc.definition.nodeid}: quantreg marker: {exc}", pytrace=False)
+        names = [n for n in names if n in wanted]
+    params = []
+    for name in names:
+        reason = run.registry[name].unavailable_reason(run.settings.device_type)
+        if reason:
+            run.skipped[name] = reason
+        params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else []))
+    metafunc.parametrize("quantreg_precision", params, scope="session")
+
+
+def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
+    """The quantreg marker's keyword arguments, checked."""
+    if marker.args:
+        pytest.fail(f"{nodeid}: the quantreg marker takes keyword arguments only ({', '.join(sorted(MARKER_KEYS))})", pytrace=False)
+    unknown = set(marker.kwargs) - MARKER_KEYS
+    if unknown:
+        pytest.fail(
+            f"{nodeid}: unknown quantreg marker argument(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(MARKER_KEYS))}",
+            pytrace=False,
+        )
+    kwargs = dict(marker.kwargs)
+    for key in ("max_drop", "max_latency_ratio"):
+        value = kwargs.get(key)
+        try:
+            if isinstance(value, Mapping):
+                kwargs[key] = {str(k).lower(): options.threshold(f"quantreg marker {key}", v) for k, v in value.items()}
+            elif value is not None:
+                kwargs[key] = options.threshold(f"quantreg marker {key}", value)
+        except QuantregError as exc:
+            pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+    precisions = kwargs.get("precisions")
+    if isinstance(precisions, str):
+        kwargs["precisions"] = [precisions]
+    elif precisions is not None and not (isinstance(precisions, list | tuple) and all(isinstance(p, str) for p in precisions)):
+        pytest.fail(f"{nodeid}: quantreg marker precisions must be a list of names, got {precisions!r}", pytrace=False)
+    return kwargs
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def quantreg_run(pytestconfig: pytest.Config) -> QuantregRun:
+    """This session's quantreg state (settings, registry, measurements)."""
+    return pytestconfig.stash[RUN]
+
+
+@pytest.fixture(scope="session")
+def quantreg_sample(quantreg_run: QuantregRun) -> Sample:
+    """The sampled evaluation data set (embedded tweets by default)."""
+    return _user_errors(lambda: quantreg_run.sample)
+
+
+@pytest.fixture(scope="session")
+def quantreg_fp32_model(quantreg_run: QuantregRun) -> Iterator[torch.nn.Module]:
+    """The FP32 baseline model on the selected device."""
+    model = _user_errors(lambda: quantreg_run.build(quantreg_run.registry[FP32]))
+    yield model
+    del model
+    release_memory()
+
+
+@pytest.fixture(scope="session")
+def quantreg_model(quantreg_run: QuantregRun, quantreg_precision: str) -> Iterator[torch.nn.Module]:
+    """The model at the precision this test is parametrized with; built once, released after its tests."""
+    model = _user_errors(lambda: quantreg_run.build(quantreg_run.registry[quantreg_precision]))
+    yield model
+    del model
+    release_memory()
+
+
+@pytest.fixture(scope="session")
+def quantreg_baseline(quantreg_run: QuantregRun) -> Baseline:
+    """The stored FP32 baseline record (fails the test when missing or recorded for something else)."""
+    return _user_errors(quantreg_run.baseline)
+
+
+@pytest.fixture
+def quantreg(request: pytest.FixtureRequest, quantreg_run: QuantregRun, quantreg_precision: str) -> Quantreg:
+    """Measure the model at this test's precision and check it against FP32."""
+    marker = request.node.get_closest_marker("quantreg")
+    return Quantreg(request, quantreg_run, quantreg_precision, _marker_kwargs(marker, request.node.nodeid) if marker else {})
+
+
+class Quantreg:
+    """The checks of one test at one precision."""
+
+    def __init__(self, request: pytest.FixtureRequest, run: QuantregRun, precision: str, marker: dict[str, Any]) -> None:
+        self._request = request
+        self._run = run
+        self._marker = marker
+        self.precision = precision
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._request.getfixturevalue("quantreg_model")
+
+    def limit(self, key: str) -> Limit:
+        """The threshold ``max_drop`` or ``max_latency_ratio`` for this precision, and its source."""
+        entry = self._run.registry[self.precision]
+        marker = self._marker.get(key)
+        if isinstance(marker, Mapping):
+            marker = marker.get(self.precision)
+        if key == "max_drop":
+            value, source = self._run.settings.max_drop.lookup(self.precision, marker, entry.max_drop)
+        else:
+            default = entry.latency_ratio_limit(self._run.settings.device_type)
+            value, source = self._run.settings.max_latency_ratio.lookup(self.precision, marker, default)
+        return Limit(value, source)
+
+    def measure(self, timed: bool = False) -> Measurement:
+        """The pass at this precision: reused within the session, timed through pytest-benchmark when asked."""
+        benchmark = self._benchmark() if timed else None
+        result = _user_errors(lambda: self._run.measure(self.precision, self.model, benchmark, timed))
+        if benchmark is not None:
+            self._record_extra_info(benchmark, result)
+        return result
+
+    def check_accuracy(self) -> Measurement:
+        """Fail when accuracy dropped more than allowed against the stored FP32 baseline."""
+        __tracebackhide__ = True
+        baseline = _user_errors(self._run.baseline)
+        result = self.measure()
+        check_accuracy(result, baseline, self.limit("max_drop"))
+        return result
+
+    def check_latency(self) -> float:
+        """Fail when the median latency over FP32's (same run) exceeds the limit; return the ratio."""
+        __tracebackhide__ = True
+        result = self.measure(timed=True)
+        reference = result if self.precision == FP32 else _user_errors(lambda: self._run.fp32_reference(timed=True))
+        return check_latency(result, reference, self.limit("max_latency_ratio"))
+
+    def _benchmark(self) -> Any | None:
+        if not self._request.config.pluginmanager.hasplugin("benchmark"):
+            return None
+        return self._request.getfixturevalue("benchmark")
+
+    def _record_extra_info(self, benchmark: Any, result: Measurement) -> None:
+        run = self._run
+        benchmark.group = f"quantreg {run.model_name} {run.settings.device_type}"
+        info: dict[str, Any] = {
+            "precision": self.precision,
+            "device": run.device,
+            "model": run.model_name,
+            "weights_sha256": run.weights_sha256,
+            "dataset_sha256": run.dataset.sha256,
+            "sample_sha256": run.sample.sha256,
+            "n_samples": len(result.labels),
+            "accuracy": result.accuracy,
+            "avg_confidence": result.avg_confidence,
+            "size_mb": result.size_mb,
+        }
+        baseline = _quiet_baseline(run)
+        if baseline is not None:
+            info.update(baseline_accuracy=baseline.accuracy, accuracy_drop_pp=accuracy_drop_pp(result, baseline))
+        reference = run.measurements.get(FP32)
+        if reference is not None and (ratio := latency_ratio(result, reference)) is not None:
+            info["latency_ratio"] = ratio
+        benchmark.extra_info.update(info)
+
+
+def _quiet_baseline(run: QuantregRun) -> Baseline | None:
+    """The baseline when it is usable, without failing the test (for extra_info)."""
+    from pytest_quantreg import baselines
+
+    try:
+        found = baselines.load(run.baseline_path)
+    except QuantregError:
+        return None
+    return found if found is not None and found.mismatch(run.provenance) is None else None
+
+
+def _user_errors(call: Any) -> Any:
+    """Run ``call``; a user mistake fails the test with its message instead of a traceback."""
+    __tracebackhide__ = True
+    try:
+        return call()
+    except QuantregError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from pytest_quantreg.report import TITLE, summary_table
+
+    run = config.stash.get(RUN, None)
+    if run is None:
+        return
+    if run.measurements:
+        terminalreporter.write_sep("=", f"{TITLE} ({run.model_name}, {len(run.sample)} samples, {run.device})")
+        for line in summary_table(run.measurements):
+            terminalreporter.write_line(line)
+    for outcome, path in run.written:
+        terminalreporter.write_line(f"quantreg: baseline {outcome}: {path}")
+    for name, reason in run.skipped.items():
+        terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")

@@ -1,0 +1,247 @@
+"""The precision registry: one build function per quantization backend.
+
+A precision turns a model folder into a model on a device. Built-ins cover the seed's methods
+(torch dynamic int8 on CPU, bitsandbytes LLM.int8 and 4-bit); users add their own through the
+``pytest_quantreg_precisions`` hook (see :mod:`pytest_quantreg.hooks`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_quantreg.errors import QuantregError
+
+if TYPE_CHECKING:
+    import torch
+
+ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
+    "cpu": {"int8": "int8-dynamic", "int4": "int4-nf4"},
+    "cuda": {"int8": "int8-bnb", "int4": "int4-nf4"},
+}
+DEFAULT_PRECISIONS = "fp32,fp16,int8"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a build function gets: the FP32 model folder and the target device."""
+
+    model_dir: Path
+    device: str
+
+    def load(self, **kwargs: Any) -> torch.nn.Module:
+        """Load the model folder (offline, safetensors) with extra ``from_pretrained`` arguments.
+
+        Without a ``device_map`` the model is moved to :attr:`device`.
+        """
+        from pytest_quantreg.models import load_classifier
+
+        model = load_classifier(self.model_dir, **kwargs)
+        if "device_map" not in kwargs:
+            model.to(self.device)
+        return model
+
+
+Builder = Callable[[BuildContext], "torch.nn.Module"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A named way to build a model, with the gates that apply to it by default."""
+
+    name: str
+    build: Builder
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    description: str = ""
+    max_drop: float = 1.0
+    max_latency_ratio: Mapping[str, float] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+
+    def unavailable_reason(self, device_type: str) -> str | None:
+        """Why this precision cannot run on ``device_type`` here, or None when it can."""
+        if device_type not in self.devices:
+            return f"{self.name} does not run on {device_type} (runs on: {', '.join(sorted(self.devices))})"
+        for module in self.requires:
+            if importlib.util.find_spec(module) is None:
+                return f"{self.name} needs the '{module}' package, which is not installed (`pip install {module}`)"
+        return None
+
+    def latency_ratio_limit(self, device_type: str) -> float | None:
+        """The default latency-ratio gate on this device type (None: not gated)."""
+        return self.max_latency_ratio.get(device_type)
+
+
+class Registry:
+    """Precisions by name, in registration order."""
+
+    def __init__(self, precisions: Iterable[Precision] = ()) -> None:
+        self._items: dict[str, Precision] = {}
+        for precision in precisions:
+            self.add(precision)
+
+    def add(self, precision: Precision) -> None:
+        if not _NAME.match(precision.name):
+            raise QuantregError(f"precision name {precision.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        if precision.name in self._items or precision.name in {"all", *ALIASES_BY_DEVICE["cpu"]}:
+            raise QuantregError(f"precision {precision.name!r} is already registered; choose another name")
+        self._items[precision.name] = precision
+
+    def register(
+        self,
+        name: str,
+        build: Builder,
+        *,
+        devices: Iterable[str] = ("cpu", "cuda"),
+        description: str = "",
+        max_drop: float = 1.0,
+        max_latency_ratio: Mapping[str, float] | None = None,
+        requires: Iterable[str] = (),
+    ) -> None:
+        """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
+        devices = frozenset(devices)
+        if not devices or not devices <= {"cpu", "cuda"}:
+            raise QuantregError(f"precision {name!r}: devices must be a subset of cpu, cuda; got {sorted(devices)}")
+        self.add(
+            Precision(
+                name=name,
+                build=build,
+                devices=devices,
+                description=description,
+                max_drop=max_drop,
+                max_latency_ratio=dict(max_latency_ratio or {}),
+                requires=tuple(requires),
+            )
+        )
+
+    def __getitem__(self, name: str) -> Precision:
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def select(self, spec: str, device_type: str) -> list[str]:
+        """Resolve a comma-separated list of names, aliases and ``all``; FP32 first, no repeats."""
+        chosen: list[str] = []
+        aliases = ALIASES_BY_DEVICE[device_type]
+        for raw in spec.split(","):
+            name = raw.strip().lower()
+            if not name:
+                continue
+            if name == "all":
+                expanded = self.names()
+            elif name in aliases:
+                expanded = [aliases[name]]
+            elif name in self._items:
+                expanded = [name]
+            else:
+                valid = ", ".join([*self.names(), *aliases, "all"])
+                raise QuantregError(f"unknown precision {raw.strip()!r}; valid names: {valid}")
+            chosen.extend(n for n in expanded if n not in chosen)
+        if not chosen:
+            raise QuantregError(f"no precision selected in {spec!r}; name at least one, e.g. --precision=fp32,int8")
+        return sorted(chosen, key=lambda n: n != "fp32")
+
+
+def _fp32(ctx: BuildContext) -> torch.nn.Module:
+    return ctx.load()
+
+
+def _fp16(ctx: BuildContext) -> torch.nn.Module:
+    import torch
+
+    return ctx.load(dtype=torch.float16)
+
+
+def _bf16(ctx: BuildContext) -> torch.nn.Module:
+    import torch
+
+    return ctx.load(dtype=torch.bfloat16)
+
+
+def _int8_dynamic(ctx: BuildContext) -> torch.nn.Module:
+    import torch
+
+    model = ctx.load()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*quantize_dynamic.*", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _bnb(**config: Any) -> Builder:
+    def build(ctx: BuildContext) -> torch.nn.Module:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        options = dict(config)
+        if options.get("load_in_4bit"):
+            options["bnb_4bit_compute_dtype"] = torch.float16 if ctx.device.startswith("cuda") else torch.float32
+        device_map: dict[str, Any] = {"": torch.device(ctx.device)}
+        return ctx.load(quantization_config=BitsAndBytesConfig(**options), device_map=device_map)
+
+    return build
+
+
+def builtin_registry() -> Registry:
+    """The built-in precisions with their documented default gates.
+
+    Latency ratios are quantized median / FP32 median in the same run. On CPU, FP16/BF16 have no
+    native arithmetic and bitsandbytes is slower than torch's own int8, so those are loose;
+    int8-dynamic is the one expected to be faster.
+    """
+    bnb = ("bitsandbytes", "accelerate")
+    return Registry(
+        [
+            Precision(
+                "fp32", _fp32, description="the FP32 original, checked against its stored baseline", max_drop=0.5, max_latency_ratio={}
+            ),
+            Precision(
+                "fp16",
+                _fp16,
+                description="half precision weights and activations",
+                max_drop=1.0,
+                max_latency_ratio={"cpu": 6.0, "cuda": 1.2},
+            ),
+            Precision(
+                "bf16", _bf16, description="bfloat16 weights and activations", max_drop=3.0, max_latency_ratio={"cpu": 6.0, "cuda": 1.2}
+            ),
+            Precision(
+                "int8-dynamic",
+                _int8_dynamic,
+                devices=frozenset({"cpu"}),
+                max_drop=3.0,
+                description="torch quantize_dynamic (qint8) on the Linear layers",
+                max_latency_ratio={"cpu": 1.25},
+            ),
+            Precision(
+                "int8-bnb",
+                _bnb(load_in_8bit=True),
+                requires=bnb,
+                max_drop=3.0,
+                description="bitsandbytes LLM.int8 (BitsAndBytesConfig(load_in_8bit=True))",
+                max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
+            ),
+            Precision(
+                "int4-nf4",
+                _bnb(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+                requires=bnb,
+                max_drop=10.0,
+                description="bitsandbytes 4-bit NormalFloat weights",
+                max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
+            ),
+            Precision(
+                "int4-fp4",
+                _bnb(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+                requires=bnb,
+                max_drop=10.0,
+                description="bitsandbytes 4-bit float weights",
+                max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
+            ),
+        ]
+    )

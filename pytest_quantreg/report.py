@@ -1,0 +1,81 @@
+"""What the terminal shows: the reproducibility header and the seed-style comparison table."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.gates import FP32
+from pytest_quantreg.session import QuantregRun
+
+TITLE = "QUANTIZATION COMPARISON SUMMARY"
+
+
+def header(run: QuantregRun) -> list[str]:
+    """Lines that make the run reproducible: model, data, sample, device, precisions, versions."""
+    s = run.settings
+    lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}"]
+    try:
+        if s.model is None:
+            lines.append("quantreg model: embedded example (built on first use)")
+        else:
+            lines.append(f"quantreg model: {s.model} (weights sha256 {run.weights_sha256[:12]})")
+        sample = run.sample
+        lines.append(
+            f"quantreg data: {run.dataset.name} (sha256 {run.dataset.sha256[:12]}), sample {len(sample)} "
+            f"(--quantreg-samples={s.samples} --quantreg-seed={s.seed}, sha256 {sample.sha256[:12]}), max length {s.max_length}"
+        )
+    except QuantregError as exc:
+        lines.append(f"quantreg: cannot load the model or data yet: {exc}")
+    versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "bitsandbytes"))
+    lines.append(f"quantreg versions: {versions}")
+    return lines
+
+
+def summary_table(measurements: dict[str, Measurement]) -> list[str]:
+    """The seed's table: one column per precision, then each against FP32."""
+    names = list(measurements)
+    fp32 = measurements.get(FP32)
+    others = [n for n in names if n != FP32] if fp32 else []
+    columns = [n.upper() for n in names] + [f"{n.upper()} vs FP32" for n in others]
+    rows: list[list[str]] = []
+
+    def add(metric: str, value: object, relative: object) -> None:
+        cells = [value(measurements[n]) for n in names]  # type: ignore[operator]
+        rel = [relative(measurements[n], fp32) for n in others]  # type: ignore[operator]
+        rows.append([metric, *cells, *rel])
+
+    def lat(attr: str) -> object:
+        return lambda m: f"{getattr(m.latency, attr):.2f}" if m.latency else "n/a"
+
+    def lat_rel(attr: str) -> object:
+        return lambda m, f: _percent(getattr(m.latency, attr), getattr(f.latency, attr)) if m.latency and f.latency else "n/a"
+
+    add("model size (MB)", lambda m: f"{m.size_mb:.2f}", lambda m, f: _smaller(m.size_mb, f.size_mb))
+    add("accuracy (%)", lambda m: f"{m.accuracy * 100:.2f}", lambda m, f: f"{(m.accuracy - f.accuracy) * 100:+.2f}")
+    add("avg confidence (%)", lambda m: f"{m.avg_confidence * 100:.2f}", lambda m, f: f"{(m.avg_confidence - f.avg_confidence) * 100:+.2f}")
+    add("mean latency (ms)", lat("mean_ms"), lat_rel("mean_ms"))
+    add("median latency (ms)", lat("median_ms"), lat_rel("median_ms"))
+    add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
+    table = [["metric", *columns], *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [
+        " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in table
+    ]
+
+
+def _percent(value: float, reference: float) -> str:
+    return f"{(value / reference - 1) * 100:+.2f}%" if reference else "n/a"
+
+
+def _smaller(value: float, reference: float) -> str:
+    change = (1 - value / reference) * 100 if reference else 0.0
+    return f"{change:.2f}% smaller" if change >= 0 else f"{-change:.2f}% larger"
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

