@@ -302,8 +302,10 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
         raise QuantregError(
-            f"data set file {path} is not UTF-8 (byte {exc.start}); re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}`"
+            f"data set file {path} is not UTF-8 (line {line}, byte {exc.start}); "
+            f"re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}`"
         ) from None
 
 

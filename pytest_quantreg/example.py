@@ -51,6 +51,7 @@ class Recipe:
     bucket_window: int = 8
     freeze_word_embeddings: bool = False
     threads: int = 2
+    train_limit: int | None = None  # first N training examples only: smoke builds
 
     @property
     def key(self) -> str:
@@ -89,12 +90,12 @@ def default_recipe(dataset: Dataset | None = None) -> Recipe:
     )
 
 
-def example_model(force: bool = False, progress: bool = True) -> Path:
+def example_model(force: bool = False, progress: bool = True, recipe: Recipe | None = None) -> Path:
     """The example model's folder: reused from the cache, or built once (under a lock)."""
     from filelock import FileLock
 
     dataset = load_embedded()
-    recipe = default_recipe(dataset)
+    recipe = recipe or default_recipe(dataset)
     root = cache_dir()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,12 @@ def example_model(force: bool = False, progress: bool = True) -> Path:
             shutil.rmtree(target)
         os.replace(tmp, target)
     return target
+
+
+def cached_example() -> Path | None:
+    """The example model's folder when it is built already (never builds)."""
+    folder = cache_dir() / f"example-{default_recipe().key}"
+    return folder if _is_complete(folder) else None
 
 
 def read_manifest(folder: Path) -> dict[str, object]:
@@ -141,7 +148,7 @@ def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) ->
             id2label=dict(enumerate(dataset.labels)),
             label2id={name: i for i, name in enumerate(dataset.labels)},
         )
-        _train(model, tokenizer, dataset.train, recipe, progress)
+        _train(model, tokenizer, dataset.train[: recipe.train_limit], recipe, progress)
         accuracy = evaluate_accuracy(model, tokenizer, dataset.eval, recipe.max_length)
     finally:
         torch.set_num_threads(threads)
@@ -160,7 +167,7 @@ def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) ->
             "weights_sha256": file_sha256(out / "model.safetensors"),
             "heldout_accuracy": accuracy,
             "heldout_samples": len(dataset.eval),
-            "train_samples": len(dataset.train),
+            "train_samples": len(dataset.train[: recipe.train_limit]),
             "build_seconds": round(time.perf_counter() - started, 1),
             "versions": library_versions(),
         },

@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from pytest_quantreg.errors import QuantregError
 
@@ -92,18 +92,12 @@ def load_classifier(path: Path, new_head: bool = False, **kwargs: Any) -> PreTra
     return model
 
 
-def label_names(model: PreTrainedModel) -> tuple[str, ...]:
-    """The model's label names by id."""
-    id2label = model.config.id2label
-    return tuple(str(id2label[i]) for i in range(len(id2label)))
-
-
 def state_dict_size_mb(model: torch.nn.Module) -> float:
     """Size of the serialized state_dict (torch.save) in MB of 2**20 bytes: the seed's definition."""
     import torch
 
     buffer = _CountingWriter()
-    torch.save(model.state_dict(), buffer)
+    torch.save(model.state_dict(), cast("IO[bytes]", buffer))
     return buffer.size / MB
 
 

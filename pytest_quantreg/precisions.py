@@ -42,10 +42,8 @@ class BuildContext:
         """
         from pytest_quantreg.models import load_classifier
 
-        model = load_classifier(self.model_dir, **kwargs)
-        if "device_map" not in kwargs:
-            model.to(self.device)
-        return model
+        model: torch.nn.Module = load_classifier(self.model_dir, **kwargs)
+        return model if "device_map" in kwargs else model.to(self.device)
 
 
 Builder = Callable[[BuildContext], "torch.nn.Module"]

@@ -18,7 +18,7 @@ def header(run: QuantregRun) -> list[str]:
     lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}"]
     try:
         if s.model is None:
-            lines.append("quantreg model: embedded example (built on first use)")
+            lines.append(_example_line())
         else:
             lines.append(f"quantreg model: {s.model} (weights sha256 {run.weights_sha256[:12]})")
         sample = run.sample
@@ -31,6 +31,15 @@ def header(run: QuantregRun) -> list[str]:
     versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "bitsandbytes"))
     lines.append(f"quantreg versions: {versions}")
     return lines
+
+
+def _example_line() -> str:
+    from pytest_quantreg.example import cached_example, read_manifest
+
+    folder = cached_example()
+    if folder is None:
+        return "quantreg model: embedded example, not built yet (the first test builds it once, about 3 minutes on 2 cores)"
+    return f"quantreg model: embedded example {folder} (weights sha256 {str(read_manifest(folder)['weights_sha256'])[:12]})"
 
 
 def summary_table(measurements: dict[str, Measurement]) -> list[str]:

@@ -125,7 +125,7 @@ def test_jsonl(tmp_path: Path) -> None:
             "row 2: label 'neutral' is unknown to the model (known labels: 0=negative, 1=positive)",
         ),
         ("badid.csv", "text,label\nok,2\n", "row 2: label id 2 is unknown to the model"),
-        ("latin1.csv", "text,label\ncaf\xe9,1\n".encode("latin-1"), "latin1.csv is not UTF-8 (byte 17); re-save it as UTF-8"),
+        ("latin1.csv", "text,label\ncaf\xe9,1\n".encode("latin-1"), "latin1.csv is not UTF-8 (line 2, byte 14); re-save it as UTF-8"),
         ("bad.jsonl", '{"text": "a", "label": 1}\n{oops\n', "bad.jsonl, line 2: not valid JSON"),
         ("list.jsonl", "[1, 2]\n", "list.jsonl, line 1: expected a JSON object, got list"),
         ("empty.jsonl", "\n\n", "empty.jsonl is empty; add one JSON object per line"),
@@ -146,7 +146,7 @@ def test_more_samples_than_exist(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("0", "at least 1"), ("-3", "cannot read"), ("2/1", "at most 1"), ("0.0", "above 0"), ("x", "cannot read"), ("1/0", "cannot read")],
+    [("0", "at least 1"), ("-3", "above 0"), ("2/1", "at most 1"), ("0.0", "above 0"), ("x", "cannot read"), ("1/0", "cannot read")],
 )
 def test_bad_sample_specs(value: str, message: str) -> None:
     with pytest.raises(QuantregError, match=message):
