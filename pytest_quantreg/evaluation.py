@@ -101,8 +101,8 @@ def measure(
     benchmark: Any | None = None,
     timed: bool = True,
 ) -> Measurement:
-    """Run the pass. With an enabled ``benchmark`` fixture it times the rounds; else ``timed``
-    selects a ``perf_counter`` loop or no timing at all."""
+    """Run the pass. A ``benchmark`` fixture times the rounds (none when it is disabled); without
+    one, ``timed`` selects a ``perf_counter`` loop or no timing at all."""
     import torch
 
     device = next(model.parameters()).device
@@ -115,15 +115,23 @@ def measure(
         sync()
 
     stream = [i % len(inputs) for i in range(warmup)] + list(range(len(inputs)))
+    latencies: tuple[float, ...] | None = None
     with torch.inference_mode():
-        if benchmark is not None and not getattr(benchmark, "disabled", False):
+        if benchmark is not None and getattr(benchmark, "disabled", False):
+            # --benchmark-disable or xdist: pedantic runs the target once, untimed; we run the rest
+            feed = iter(stream)
+            benchmark.pedantic(forward, setup=lambda: ((next(feed),), {}))
+            for index in feed:
+                forward(index)
+            timer = "disabled by pytest-benchmark"
+        elif benchmark is not None:
             latencies, timer = _pedantic(benchmark, forward, stream, warmup), "pytest-benchmark"
         elif timed:
             latencies, timer = _perf_counter_loop(forward, stream, warmup), "perf_counter"
         else:
             for index in stream:
                 forward(index)
-            latencies, timer = None, "none"
+            timer = "not timed"
     probs = [torch.softmax(t.float(), dim=-1)[0].cpu() for t in logits if t is not None]
     return Measurement(
         precision=precision,

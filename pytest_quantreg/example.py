@@ -43,13 +43,14 @@ class Recipe:
     encoder: str
     encoder_sha256: str
     dataset_sha256: str
+    trainer: int = 2  # bump when the training code changes, so cached models are rebuilt
     seed: int = 0
     epochs: int = 3
     learning_rate: float = 5e-5
     batch_size: int = 16
     max_length: int = 64
-    bucket_window: int = 8
-    freeze_word_embeddings: bool = False
+    bucket_window: int = 8  # batches sorted by length within windows of this many batches
+    freeze_word_embeddings: bool = True
     threads: int = 2
     train_limit: int | None = None  # first N training examples only: smoke builds
 
@@ -203,7 +204,7 @@ def library_versions() -> dict[str, str]:
 def _train(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: tuple[Example, ...], recipe: Recipe, progress: bool
 ) -> None:
-    """AdamW over length-bucketed batches (less padding, about a third faster than random batches)."""
+    """Fused AdamW over length-bucketed batches; frozen word embeddings. Each makes a step cheaper."""
     import torch
     from tqdm.auto import tqdm
 
@@ -211,12 +212,10 @@ def _train(
     lengths = [len(ids) for ids in tokenizer([e.text for e in examples], truncation=True, max_length=recipe.max_length)["input_ids"]]
     if recipe.freeze_word_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
-    steps_per_epoch = -(-len(examples) // recipe.batch_size)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate, fused=True)
+    steps = recipe.epochs * -(-len(examples) // recipe.batch_size)
     model.train()
-    with tqdm(
-        total=recipe.epochs * steps_per_epoch, desc="building example model", unit="step", disable=not progress, file=sys.stderr
-    ) as bar:
+    with tqdm(total=steps, desc="building example model", unit="step", disable=not progress, file=sys.stderr) as bar:
         for epoch in range(recipe.epochs):
             for batch_ids in _bucketed_batches(lengths, recipe.batch_size, recipe.bucket_window, generator):
                 batch = [examples[i] for i in batch_ids]
@@ -230,15 +229,15 @@ def _train(
     model.eval()
 
 
-def _bucketed_batches(lengths: list[int], batch_size: int, window_batches: int, generator: torch.Generator) -> list[list[int]]:
-    """Shuffled batches of similar lengths: shuffle, sort within windows of batches, shuffle batches."""
+def _bucketed_batches(lengths: list[int], batch_size: int, window: int, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths (less padding): shuffle, sort within windows, shuffle batches."""
     import torch
 
     order = torch.randperm(len(lengths), generator=generator).tolist()
-    window = batch_size * window_batches
+    span = batch_size * window
     batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 

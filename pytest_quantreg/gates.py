@@ -62,7 +62,7 @@ def check_latency(measurement: Measurement, reference: Measurement, limit: Limit
     mine, fp32 = measurement.latency, reference.latency
     if mine is None or fp32 is None:
         pytest.skip(
-            f"latency gate for {name} not judged: timing is off ({measurement.timer}); "
+            f"latency gate for {name} not judged: timing is off ({measurement.timer if mine is None else reference.timer}); "
             "pytest-benchmark disables timing with --benchmark-disable and under xdist"
         )
     ratio = mine.median_ms / fp32.median_ms

@@ -38,6 +38,25 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# Warnings the libraries give on every build or call that say nothing about the user's model.
+KNOWN_NOISE: tuple[tuple[str, type[Warning]], ...] = (
+    (r".*quantize_dynamic.*deprecated", DeprecationWarning),  # torch: quantize_dynamic -> torchao
+    (r".*torch\.ao\.quantization.*deprecated", DeprecationWarning),
+    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),  # torch's quantized modules
+    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning),
+    (r"MatMul8bitLt: inputs will be cast", UserWarning),  # bitsandbytes, on every int8 call
+)
+
+
+@contextlib.contextmanager
+def known_noise_filtered() -> Iterator[None]:
+    """Filter only the named third-party warnings (see ``KNOWN_NOISE``) for the duration."""
+    with warnings.catch_warnings():
+        for message, category in KNOWN_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        yield
+
+
 def check_model_dir(path: Path) -> None:
     """Fail with the fix when ``path`` is not a loadable classifier folder."""
     if not path.is_dir():

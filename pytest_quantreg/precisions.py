@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,10 +165,7 @@ def _int8_dynamic(ctx: BuildContext) -> torch.nn.Module:
     import torch
 
     model = ctx.load()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*quantize_dynamic.*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*torch\.ao\.quantization.*")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _bnb(**config: Any) -> Builder:

@@ -118,6 +118,29 @@ def test_bad_option_is_a_usage_error(quantreg_pytester: pytest.Pytester, args: l
     assert "Traceback" not in result.stderr.str()
 
 
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        ({}, ["--quantreg-model=nowhere"], "model folder {path}/nowhere does not exist; pass a local folder written by save_pretrained"),
+        ({"m/config.json": "{}"}, ["--quantreg-model=m"], "model folder {path}/m has no .safetensors weights"),
+        ({"d.csv": "text,label\nhi,neutral\n"}, ["--quantreg-dataset=d.csv"], "d.csv, row 2: label 'neutral' is unknown to the model"),
+        ({"d.csv": "body,label\nhi,1\n"}, ["--quantreg-dataset=d.csv"], "d.csv, row 2: no column 'text' (found: body, label)"),
+        ({}, ["--quantreg-dataset=none.csv"], "data set file {path}/none.csv does not exist"),
+        ({}, ["--quantreg-samples=61"], "asked for 61 samples but the evaluation split has only 60"),
+    ],
+)
+def test_bad_model_or_data_is_a_usage_error(
+    quantreg_pytester: pytest.Pytester, files: dict[str, str], args: list[str], message: str
+) -> None:
+    for name, content in files.items():
+        (quantreg_pytester.path / name).parent.mkdir(exist_ok=True)
+        (quantreg_pytester.path / name).write_text(content)
+    result = quantreg_pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message.format(path=quantreg_pytester.path) in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
+
+
 def test_cuda_on_a_machine_without_it_is_a_usage_error(quantreg_pytester: pytest.Pytester) -> None:
     import torch
 
@@ -254,9 +277,13 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
 
 def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
-    result = quantreg_pytester.runpytest("--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3")
+    result = quantreg_pytester.runpytest(
+        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5"
+    )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*slow is too slow against FP32: median * ms vs * ms, ratio * > max 1.500 (default for slow)*"])
+    result.stdout.fnmatch_lines(
+        ["*slow is too slow against FP32: median * ms vs * ms, ratio * > max 1.500 (command line: --quantreg-max-latency-ratio)*"]
+    )
 
 
 def test_unavailable_precision_is_skipped_with_the_reason(quantreg_pytester: pytest.Pytester) -> None:
@@ -302,7 +329,7 @@ def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(
         [
             "*QUANTIZATION COMPARISON SUMMARY (tiny-model*, 60 samples, cpu)*",
-            "metric * | * FP32 | * FP16 | INT8-DYNAMIC | FP16 vs FP32 | INT8-DYNAMIC vs FP32",
+            "metric * | * FP32 | * FP16 | INT8-DYNAMIC | * FP16 vs FP32 | INT8-DYNAMIC vs FP32",
             "model size (MB) *|*% smaller*",
             "accuracy (%) * | * 100.00 |*",
             "avg confidence (%)*",
@@ -318,4 +345,6 @@ def test_benchmark_disable_still_gates_accuracy_and_skips_latency(quantreg_pytes
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,damaged", "--benchmark-disable", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*latency gate for fp32 not judged: timing is off*", "*damaged lost too much accuracy*"])
+    result.stdout.fnmatch_lines(
+        ["*damaged lost too much accuracy*", "*latency gate for fp32 not judged: timing is off (disabled by pytest-benchmark)*"]
+    )
