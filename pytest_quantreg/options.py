@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,14 @@ class Limits:
     command_line: dict[str, float]
     ini: dict[str, float]
 
+    def canonical(self, canonical_name: Callable[[str], str]) -> Limits:
+        """The same limits with precision names and aliases resolved (unknown names raise)."""
+
+        def resolve(table: dict[str, float]) -> dict[str, float]:
+            return {key if key == "*" else canonical_name(key): value for key, value in table.items()}
+
+        return Limits(self.option, resolve(self.command_line), resolve(self.ini))
+
     def lookup(self, precision: str, marker: float | None, default: float | None) -> tuple[float | None, str]:
         """The limit for ``precision`` and where it came from: command line > marker > ini > default."""
         for table, source in (
@@ -128,6 +137,12 @@ class Settings:
     @property
     def device_type(self) -> str:
         return self.device.split(":")[0]
+
+    def with_canonical_limits(self, canonical_name: Callable[[str], str]) -> Settings:
+        """Settings whose threshold keys name registered precisions."""
+        return replace(
+            self, max_drop=self.max_drop.canonical(canonical_name), max_latency_ratio=self.max_latency_ratio.canonical(canonical_name)
+        )
 
 
 def resolve(config: pytest.Config) -> Settings:

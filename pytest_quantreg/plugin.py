@@ -54,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = _resolve_device(settings)
         registry = builtin_registry()
         config.hook.pytest_quantreg_precisions(registry=registry)
+        settings = settings.with_canonical_limits(lambda name: registry.canonical(name, settings.device_type))
         run = QuantregRun(settings=settings, registry=registry, selected=registry.select(settings.precision, settings.device_type))
         if settings.model is not None:
             check_model_dir(settings.model)

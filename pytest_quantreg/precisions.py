@@ -122,23 +122,20 @@ class Registry:
     def names(self) -> list[str]:
         return list(self._items)
 
+    def canonical(self, name: str, device_type: str) -> str:
+        """The registered name for ``name`` or an alias on this device type."""
+        key = name.strip().lower()
+        key = ALIASES_BY_DEVICE[device_type].get(key, key)
+        if key not in self._items:
+            valid = ", ".join([*self.names(), *ALIASES_BY_DEVICE[device_type], "all"])
+            raise QuantregError(f"unknown precision {name.strip()!r}; valid names: {valid}")
+        return key
+
     def select(self, spec: str, device_type: str) -> list[str]:
         """Resolve a comma-separated list of names, aliases and ``all``; FP32 first, no repeats."""
         chosen: list[str] = []
-        aliases = ALIASES_BY_DEVICE[device_type]
-        for raw in spec.split(","):
-            name = raw.strip().lower()
-            if not name:
-                continue
-            if name == "all":
-                expanded = self.names()
-            elif name in aliases:
-                expanded = [aliases[name]]
-            elif name in self._items:
-                expanded = [name]
-            else:
-                valid = ", ".join([*self.names(), *aliases, "all"])
-                raise QuantregError(f"unknown precision {raw.strip()!r}; valid names: {valid}")
+        for raw in filter(None, (part.strip() for part in spec.split(","))):
+            expanded = self.names() if raw.lower() == "all" else [self.canonical(raw, device_type)]
             chosen.extend(n for n in expanded if n not in chosen)
         if not chosen:
             raise QuantregError(f"no precision selected in {spec!r}; name at least one, e.g. --precision=fp32,int8")
@@ -223,21 +220,16 @@ def builtin_registry() -> Registry:
                 description="bitsandbytes LLM.int8 (BitsAndBytesConfig(load_in_8bit=True))",
                 max_latency_ratio={"cpu": 5.0, "cuda": 4.0},
             ),
-            Precision(
-                "int4-nf4",
-                _bnb(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
-                requires=bnb,
-                max_drop=10.0,
-                description="bitsandbytes 4-bit NormalFloat weights",
-                max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
-            ),
-            Precision(
-                "int4-fp4",
-                _bnb(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
-                requires=bnb,
-                max_drop=10.0,
-                description="bitsandbytes 4-bit float weights",
-                max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
+            *(
+                Precision(
+                    f"int4-{kind}",
+                    _bnb(load_in_4bit=True, bnb_4bit_quant_type=kind),
+                    requires=bnb,
+                    max_drop=10.0,
+                    description=f"bitsandbytes 4-bit {what} weights",
+                    max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
+                )
+                for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
             ),
         ]
     )

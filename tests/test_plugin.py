@@ -109,6 +109,7 @@ def test_ini_selects_precisions_and_command_line_wins(quantreg_pytester: pytest.
         (["--quantreg-max-drop=-1"], "--quantreg-max-drop: '-1' is not a non-negative number"),
         (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
         (["--quantreg-max-latency-ratio=int8=fast"], "--quantreg-max-latency-ratio: 'fast' is not a non-negative number"),
+        (["--quantreg-max-drop=int9=1"], "unknown precision 'int9'; valid names: fp32"),
     ],
 )
 def test_bad_option_is_a_usage_error(quantreg_pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -230,6 +231,8 @@ def test_thresholds_from_command_line_and_marker(quantreg_pytester: pytest.Pytes
     record_baseline(quantreg_pytester)
     loose = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy", "--quantreg-max-drop=damaged=100")
     loose.assert_outcomes(passed=1)
+    by_alias = quantreg_pytester.runpytest("--precision=int8", "-k", "accuracy", "--quantreg-max-drop=int8=0,fp32=0")
+    by_alias.stdout.fnmatch_lines(["*drop * pp > max 0.00 pp (command line: --quantreg-max-drop)*"])
     quantreg_pytester.makepyfile(
         test_marked="""
         import pytest
