@@ -326,6 +326,16 @@ def test_benchmark_json_carries_the_whole_story(quantreg_pytester: pytest.Pytest
     assert info["size_mb"] < benchmarks["fp32"]["extra_info"]["size_mb"]
 
 
+def test_benchmark_autosave_keeps_working(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=fp32", "--benchmark-autosave", "--benchmark-storage=file://./saved")
+    result.assert_outcomes(passed=2)
+    (saved,) = (quantreg_pytester.path / "saved").rglob("*.json")
+    (benchmark,) = json.loads(saved.read_text())["benchmarks"]
+    assert benchmark["extra_info"]["precision"] == "fp32"
+    assert benchmark["extra_info"]["accuracy_drop_pp"] == 0.0
+
+
 def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,fp16,int8")
