@@ -265,24 +265,13 @@ class Quantreg:
             "avg_confidence": result.avg_confidence,
             "size_mb": result.size_mb,
         }
-        baseline = _quiet_baseline(run)
+        baseline = run.usable_baseline()
         if baseline is not None:
             info.update(baseline_accuracy=baseline.accuracy, accuracy_drop_pp=accuracy_drop_pp(result, baseline))
         reference = run.measurements.get(FP32)
         if reference is not None and (ratio := latency_ratio(result, reference)) is not None:
             info["latency_ratio"] = ratio
         benchmark.extra_info.update(info)
-
-
-def _quiet_baseline(run: QuantregRun) -> Baseline | None:
-    """The baseline when it is usable, without failing the test (for extra_info)."""
-    from pytest_quantreg import baselines
-
-    try:
-        found = baselines.load(run.baseline_path)
-    except QuantregError:
-        return None
-    return found if found is not None and found.mismatch(run.provenance) is None else None
 
 
 def _user_errors(call: Any) -> Any:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.example import library_versions
 from pytest_quantreg.gates import FP32
 from pytest_quantreg.session import QuantregRun
 
@@ -28,7 +27,8 @@ def header(run: QuantregRun) -> list[str]:
         )
     except QuantregError as exc:
         lines.append(f"quantreg: cannot load the model or data yet: {exc}")
-    versions = ", ".join(f"{name} {_version(name)}" for name in ("torch", "transformers", "bitsandbytes"))
+    installed = library_versions()
+    versions = ", ".join(f"{name} {installed[name]}" for name in ("torch", "transformers", "bitsandbytes"))
     lines.append(f"quantreg versions: {versions}")
     return lines
 
@@ -81,10 +81,3 @@ def _percent(value: float, reference: float) -> str:
 def _smaller(value: float, reference: float) -> str:
     change = (1 - value / reference) * 100 if reference else 0.0
     return f"{change:.2f}% smaller" if change >= 0 else f"{-change:.2f}% larger"
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"

@@ -19,6 +19,7 @@ from pytest_quantreg import baselines
 from pytest_quantreg.data import EMBEDDED_LABELS, Dataset, Sample, draw_sample, load_embedded, load_file
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Inputs, Measurement, measure, tokenize
+from pytest_quantreg.example import library_versions
 from pytest_quantreg.gates import FP32
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
@@ -158,7 +159,7 @@ class QuantregRun:
         path = self.baseline_path
         if self.settings.update_baselines and not any(p == path for _, p in self.written):
             reference = self.fp32_reference(timed=True)
-            document = baselines.record(reference, self.provenance, self.device_name, _versions())
+            document = baselines.record(reference, self.provenance, self.device_name, library_versions())
             self.written.append((baselines.write(path, document), path))
         found = baselines.load(path)
         if found is None:
@@ -171,6 +172,14 @@ class QuantregRun:
         if problem:
             pytest.fail(f"{problem}\n  not compared. If the change is intended, re-record with {baselines.UPDATE_FLAG}", pytrace=False)
         return found
+
+    def usable_baseline(self) -> baselines.Baseline | None:
+        """The stored baseline when it exists, reads and matches this run; never fails the test."""
+        try:
+            found = baselines.load(self.baseline_path)
+        except QuantregError:
+            return None
+        return found if found is not None and found.mismatch(self.provenance) is None else None
 
     @functools.cached_property
     def device_name(self) -> str:
@@ -198,12 +207,6 @@ def release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _versions() -> dict[str, str]:
-    from pytest_quantreg.example import library_versions
-
-    return library_versions()
 
 
 def _combined(digests: list[str]) -> str:
