@@ -167,16 +167,18 @@ def quantreg_sample(quantreg_run: QuantregRun) -> Sample:
 @pytest.fixture(scope="session")
 def quantreg_fp32_model(quantreg_run: QuantregRun) -> Iterator[torch.nn.Module]:
     """The FP32 baseline model on the selected device."""
-    model = _user_errors(lambda: quantreg_run.build(quantreg_run.registry[FP32]))
-    yield model
-    del model
-    release_memory()
+    yield from _model_lifetime(quantreg_run, FP32)
 
 
 @pytest.fixture(scope="session")
 def quantreg_model(quantreg_run: QuantregRun, quantreg_precision: str) -> Iterator[torch.nn.Module]:
     """The model at the precision this test is parametrized with; built once, released after its tests."""
-    model = _user_errors(lambda: quantreg_run.build(quantreg_run.registry[quantreg_precision]))
+    yield from _model_lifetime(quantreg_run, quantreg_precision)
+
+
+def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Module]:
+    """Build the model, hand it out, then free its memory."""
+    model = _user_errors(lambda: run.build(run.registry[precision]))
     yield model
     del model
     release_memory()
