@@ -18,6 +18,7 @@ from typing import Any
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_json
+from pytest_quantreg.stats import Reference
 
 SCHEMA_VERSION = 1
 UPDATE_FLAG = "--quantreg-update-baselines"
@@ -57,6 +58,16 @@ class Baseline:
     size_mb: float
     latency_ms: dict[str, float] | None
     predictions: dict[str, dict[str, Any]]
+
+    def reference(self) -> Reference:
+        """FP32's per-sample outcome, for the paired statistics (logits when the file has them)."""
+        entries = self.predictions.items()
+        with_logits = all("logits" in v for v in self.predictions.values())
+        return Reference(
+            predictions={k: v["label"] for k, v in entries},
+            probabilities={k: v["probs"] for k, v in entries},
+            logits={k: v["logits"] for k, v in entries} if with_logits else None,
+        )
 
     def mismatch(self, current: Provenance) -> str | None:
         """Why this baseline must not be compared with ``current``, or None."""
@@ -106,9 +117,7 @@ def load(path: Path) -> Baseline | None:
             avg_confidence=_number(fp32["avg_confidence"]),
             size_mb=_number(fp32["size_mb"]),
             latency_ms={k: _number(v) for k, v in fp32["latency_ms"].items()} if fp32.get("latency_ms") else None,
-            predictions={
-                str(k): {"label": int(v["label"]), "probs": [_number(p) for p in v["probs"]]} for k, v in data["predictions"].items()
-            },
+            predictions={str(k): _prediction(v) for k, v in data["predictions"].items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QuantregError(f"baseline {path} is incomplete or malformed ({type(exc).__name__}: {exc}); {fix}") from None
@@ -134,8 +143,10 @@ def record(measurement: Measurement, provenance: Provenance, device_name: str, v
             "latency_ms": asdict(latency) if latency else None,
         },
         "predictions": {
-            i: {"label": p, "probs": [round(x, 6) for x in probs]}
-            for i, p, probs in zip(measurement.ids, measurement.predictions, measurement.probabilities, strict=True)
+            i: {"label": p, "probs": [round(x, 6) for x in probs], "logits": [round(x, 6) for x in logits]}
+            for i, p, probs, logits in zip(
+                measurement.ids, measurement.predictions, measurement.probabilities, measurement.logits, strict=True
+            )
         },
     }
 
@@ -162,6 +173,14 @@ def _stable(document: dict[str, Any]) -> Any:
     fp32 = dict(document.get("fp32") or {})
     fp32.pop("latency_ms", None)
     return document.get("provenance"), fp32, document.get("predictions")
+
+
+def _prediction(entry: dict[str, Any]) -> dict[str, Any]:
+    """One sample's FP32 outcome; ``logits`` is optional (baselines recorded before it was stored lack it)."""
+    checked: dict[str, Any] = {"label": int(entry["label"]), "probs": [_number(p) for p in entry["probs"]]}
+    if "logits" in entry:
+        checked["logits"] = [_number(x) for x in entry["logits"]]
+    return checked
 
 
 def _number(value: Any) -> float:

@@ -74,6 +74,7 @@ class Measurement:
     labels: tuple[int, ...]
     predictions: tuple[int, ...]
     probabilities: tuple[tuple[float, ...], ...]
+    logits: tuple[tuple[float, ...], ...]
     size_mb: float
     latencies_s: tuple[float, ...] | None
     timer: str
@@ -132,7 +133,8 @@ def measure(
             for index in stream:
                 forward(index)
             timer = "not timed"
-    probs = [torch.softmax(t.float(), dim=-1)[0].cpu() for t in logits if t is not None]
+    raw = [t.float()[0].cpu() for t in logits if t is not None]
+    probs = [torch.softmax(t, dim=-1) for t in raw]
     return Measurement(
         precision=precision,
         device=str(device),
@@ -140,6 +142,7 @@ def measure(
         labels=inputs.labels,
         predictions=tuple(int(p.argmax()) for p in probs),
         probabilities=tuple(tuple(float(x) for x in p) for p in probs),
+        logits=tuple(tuple(float(x) for x in t) for t in raw),
         size_mb=size_mb,
         latencies_s=latencies,
         timer=timer,

@@ -1,19 +1,26 @@
-"""The gates: accuracy drop against the stored FP32 baseline, latency ratio against FP32 in this run.
+"""The gates: predictions against the stored FP32 baseline, latency against FP32 in this run.
 
-A failure message carries the numbers, the threshold and where it came from, the baseline file,
-and the flag that accepts the change.
+Prediction gates: accuracy drop (points), relative accuracy (percent of FP32, MLPerf style),
+optionally only when the drop is significant (``alpha``), flip rate and mean KL divergence.
+The latency gate fails only when the ratio's 95% confidence interval lies above the limit.
+A failure message carries the numbers, the statistics, each threshold and where it came from,
+the baseline file, and the flag that accepts the change.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pytest
 
 from pytest_quantreg.baselines import UPDATE_FLAG, Baseline
+from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.stats import Agreement, LatencyRatio, compare, latency_ratio
 
 FP32 = "fp32"
+_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -24,56 +31,102 @@ class Limit:
     source: str
 
 
-def accuracy_drop_pp(measurement: Measurement, baseline: Baseline) -> float:
-    """Baseline FP32 accuracy minus this accuracy, in percentage points."""
-    return (baseline.accuracy - measurement.accuracy) * 100
+def agreement(measurement: Measurement, baseline: Baseline) -> Agreement:
+    """The paired statistics of ``measurement`` against the baseline's FP32 predictions.
+
+    A baseline whose stored accuracy disagrees with its own predictions has been edited or damaged:
+    it raises ``QuantregError`` rather than being compared.
+    """
+    stats = compare(measurement, baseline.reference())
+    if abs(stats.fp32_accuracy - baseline.accuracy) > 1e-9:
+        raise QuantregError(
+            f"baseline {baseline.path} says FP32 accuracy {baseline.accuracy:.2%} but its predictions score "
+            f"{stats.fp32_accuracy:.2%} on this sample; it was edited or damaged: restore it from version control "
+            f"or re-record it with {UPDATE_FLAG}"
+        )
+    return stats
 
 
-def check_accuracy(measurement: Measurement, baseline: Baseline, limit: Limit) -> None:
-    """Fail when the accuracy drop exceeds the limit."""
+def check_accuracy(measurement: Measurement, baseline: Baseline, limits: Mapping[str, Limit]) -> Agreement:
+    """Fail when a prediction gate is exceeded; return the statistics."""
     __tracebackhide__ = True
-    drop = accuracy_drop_pp(measurement, baseline)
-    if limit.value is None or drop <= limit.value + 1e-9:
-        return
+    try:
+        stats = agreement(measurement, baseline)
+    except QuantregError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    failures = _accuracy_failures(stats, limits)
+    alpha = limits["alpha"].value
+    noise = ""
+    if failures and alpha is not None and not stats.significant(alpha):
+        noise = f"; not significant at alpha {alpha:g} (one-sided McNemar p {stats.mcnemar_p_worse:.3g}), so not failed"
+        failures = []
+    failures += _agreement_failures(stats, limits)
+    if not failures:
+        return stats
     name = measurement.precision
-    what = "FP32 drifted from its stored baseline" if name == FP32 else f"{name} lost too much accuracy against FP32"
+    what = "FP32 drifted from its stored baseline" if name == FP32 else f"{name} regressed against FP32"
+    fix = ", ".join(f"--quantreg-{key.replace('_', '-')}={name}=N" for key, _ in failures)
     pytest.fail(
-        f"{what}: accuracy {measurement.accuracy:.2%} vs baseline {baseline.accuracy:.2%}, "
-        f"drop {drop:.2f} pp > max {limit.value:.2f} pp ({limit.source})\n"
-        f"  samples: {len(measurement.labels)}, baseline: {baseline.path}\n"
-        f"  accept it: raise the limit (--quantreg-max-drop={name}=N or @pytest.mark.quantreg(max_drop=N))"
+        f"{what}: accuracy {stats.accuracy:.2%} vs FP32 baseline {stats.fp32_accuracy:.2%} on {stats.n} samples{noise}\n"
+        + "".join(f"  - {message}\n" for _, message in failures)
+        + f"  statistics: {stats.describe()}\n"
+        f"  baseline: {baseline.path}\n"
+        f"  accept it: raise the limit ({fix}, or the quantreg marker)"
         + (f", or re-record FP32 with {UPDATE_FLAG}" if name == FP32 else ""),
         pytrace=False,
     )
 
 
-def latency_ratio(measurement: Measurement, reference: Measurement) -> float | None:
-    """Median latency over FP32's median in the same run; None when either was not timed."""
-    mine, fp32 = measurement.latency, reference.latency
-    if mine is None or fp32 is None or fp32.median_ms <= 0:
-        return None
-    return mine.median_ms / fp32.median_ms
+def _accuracy_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[tuple[str, str]]:
+    failures = []
+    drop = limits["max_drop"]
+    if drop.value is not None and stats.accuracy_drop_pp > drop.value + _SLACK:
+        failures.append(("max_drop", f"accuracy drop {stats.accuracy_drop_pp:.2f} pp > max {drop.value:.2f} pp ({drop.source})"))
+    relative = limits["min_relative_accuracy"]
+    if relative.value is not None and stats.relative_accuracy_pct < relative.value - _SLACK:
+        failures.append(
+            (
+                "min_relative_accuracy",
+                f"relative accuracy {stats.relative_accuracy_pct:.2f}% of FP32 < min {relative.value:.2f}% ({relative.source})",
+            )
+        )
+    return failures
 
 
-def check_latency(measurement: Measurement, reference: Measurement, limit: Limit) -> float:
-    """Fail when the median-latency ratio to FP32 exceeds the limit; skip when it cannot be judged."""
+def _agreement_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[tuple[str, str]]:
+    failures = []
+    flips = limits["max_flip_rate"]
+    if flips.value is not None and stats.flip_rate * 100 > flips.value + _SLACK:
+        failures.append(
+            ("max_flip_rate", f"flip rate {stats.flip_rate:.2%} ({stats.flips}/{stats.n}) > max {flips.value:.2f}% ({flips.source})")
+        )
+    kl = limits["max_kl"]
+    if kl.value is not None and stats.kl_mean > kl.value + _SLACK:
+        failures.append(("max_kl", f"mean KL {stats.kl_mean:.4f} > max {kl.value:.4f} ({kl.source})"))
+    return failures
+
+
+def check_latency(measurement: Measurement, reference: Measurement, limit: Limit) -> LatencyRatio:
+    """Fail when the latency ratio to FP32 is above the limit beyond noise; skip when it cannot be judged."""
     __tracebackhide__ = True
     name = measurement.precision
     mine, fp32 = measurement.latency, reference.latency
-    if mine is None or fp32 is None:
+    if mine is None or fp32 is None or measurement.latencies_s is None or reference.latencies_s is None:
         pytest.skip(
             f"latency gate for {name} not judged: timing is off ({measurement.timer if mine is None else reference.timer}); "
             "pytest-benchmark disables timing with --benchmark-disable and under xdist"
         )
-    ratio = mine.median_ms / fp32.median_ms
+    ratio = latency_ratio(measurement.latencies_s, reference.latencies_s)
+    if ratio is None:
+        pytest.skip(f"latency gate for {name} not judged: its timings do not pair with FP32's sample by sample")
     if name == FP32:
         return ratio
     if limit.value is None:
         pytest.skip(f"no latency limit for {name} on this device; set one with --quantreg-max-latency-ratio={name}=N")
-    if ratio > limit.value:
+    if ratio.ci95[0] > limit.value + _SLACK:
         pytest.fail(
-            f"{name} is too slow against FP32: median {mine.median_ms:.2f} ms vs {fp32.median_ms:.2f} ms, "
-            f"ratio {ratio:.3f} > max {limit.value:.3f} ({limit.source})\n"
+            f"{name} is too slow against FP32: {ratio.describe()}, the whole interval above max {limit.value:.3f} ({limit.source})\n"
+            f"  medians: {mine.median_ms:.2f} ms vs FP32 {fp32.median_ms:.2f} ms\n"
             f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N or @pytest.mark.quantreg(max_latency_ratio=N))",
             pytrace=False,
         )

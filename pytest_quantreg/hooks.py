@@ -13,8 +13,10 @@ def pytest_quantreg_precisions(registry: Registry) -> None:
 
         def pytest_quantreg_precisions(registry):
             registry.register("int8-mine", build=my_build, devices=["cpu"],
-                              max_drop=2.0, max_latency_ratio={"cpu": 1.5})
+                              max_drop=2.0, max_latency_ratio={"cpu": 1.5},
+                              max_flip_rate=10.0, max_kl=0.1)
 
     ``build`` receives a :class:`~pytest_quantreg.precisions.BuildContext` (``ctx.load(**kwargs)``
-    loads the FP32 folder on ``ctx.device``) and returns the model to test.
+    loads the FP32 folder on ``ctx.device``) and returns the model to test. Gates left out are
+    not applied by default (``max_drop`` defaults to 1.0 point).
     """

@@ -53,16 +53,10 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "Folder of the stored FP32 baselines, relative to the rootdir (default: %(default)s)",
     ),
     (
-        "--quantreg-max-drop",
-        "quantreg_max_drop",
+        "--quantreg-weights-report",
+        "quantreg_weights_report",
         "",
-        "Largest accuracy drop vs the FP32 baseline, in percentage points: N for every precision or NAME=N,... per precision",
-    ),
-    (
-        "--quantreg-max-latency-ratio",
-        "quantreg_max_latency_ratio",
-        "",
-        "Largest median latency of a precision over FP32's in the same run: N or NAME=N,... per precision",
+        "Write the per-layer weight quantization error of every built precision to this JSON file and print the worst layers",
     ),
 ]
 _FLAGS: list[tuple[str, str, str]] = [
@@ -72,6 +66,40 @@ _FLAGS: list[tuple[str, str, str]] = [
         "Record missing FP32 baselines and refresh existing ones (the only way a baseline is written)",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A per-precision threshold: its option (``--quantreg-`` + key), ini name and marker keyword are ``key``."""
+
+    key: str
+    help: str
+    upper: float = math.inf
+
+    @property
+    def option(self) -> str:
+        return "--quantreg-" + self.key.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "quantreg_" + self.key
+
+
+GATES: tuple[Gate, ...] = (
+    Gate("max_drop", "Largest accuracy drop vs the FP32 baseline, in percentage points"),
+    Gate("min_relative_accuracy", "Smallest accuracy as a percentage of FP32's, MLPerf style (e.g. 99)", upper=100.0),
+    Gate(
+        "alpha",
+        "Significance level: the accuracy gates fail only when the drop is also significant (one-sided exact McNemar p < alpha)",
+        upper=0.5,
+    ),
+    Gate("max_flip_rate", "Largest share of samples whose predicted label differs from FP32's, in percent", upper=100.0),
+    Gate("max_kl", "Largest mean KL divergence of FP32's softmax to this precision's, in nats"),
+    Gate(
+        "max_latency_ratio",
+        "Largest latency over FP32's in the same run (median of per-sample ratios); fails only when the ratio's 95% CI is above it",
+    ),
+)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -81,6 +109,10 @@ def add_options(parser: pytest.Parser) -> None:
     for option, ini, default, help_text in _VALUED:
         group.addoption(option, dest=ini, default=None, metavar=option.rsplit("-", 1)[-1].upper(), help=help_text % {"default": default})
         parser.addini(ini, help_text.split(" (default")[0].split(":")[0], default=default)
+    for gate in GATES:
+        help_text = f"{gate.help}: N for every precision or NAME=N,... per precision".replace("%", "%%")  # argparse formats help
+        group.addoption(gate.option, dest=gate.ini, default=None, metavar="N", help=help_text)
+        parser.addini(gate.ini, gate.help, default="")
     for option, ini, help_text in _FLAGS:
         group.addoption(option, dest=ini, action="store_true", default=None, help=help_text)
         parser.addini(ini, help_text, type="bool", default=False)
@@ -131,8 +163,8 @@ class Settings:
     warmup: int
     baseline_dir: Path
     update_baselines: bool
-    max_drop: Limits
-    max_latency_ratio: Limits
+    weights_report: Path | None
+    limits: dict[str, Limits]
 
     @property
     def device_type(self) -> str:
@@ -140,9 +172,7 @@ class Settings:
 
     def with_canonical_limits(self, canonical_name: Callable[[str], str]) -> Settings:
         """Settings whose threshold keys name registered precisions."""
-        return replace(
-            self, max_drop=self.max_drop.canonical(canonical_name), max_latency_ratio=self.max_latency_ratio.canonical(canonical_name)
-        )
+        return replace(self, limits={key: limits.canonical(canonical_name) for key, limits in self.limits.items()})
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -171,39 +201,49 @@ def resolve(config: pytest.Config) -> Settings:
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=bool(update if update is not None else config.getini("quantreg_update_baselines")),
-            max_drop=_limits(config, "--quantreg-max-drop", "quantreg_max_drop"),
-            max_latency_ratio=_limits(config, "--quantreg-max-latency-ratio", "quantreg_max_latency_ratio"),
+            weights_report=path("quantreg_weights_report"),
+            limits={gate.key: _limits(config, gate) for gate in GATES},
         )
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _limits(config: pytest.Config, option: str, ini: str) -> Limits:
-    command_line = config.getoption(ini)
+def _limits(config: pytest.Config, gate: Gate) -> Limits:
+    command_line = config.getoption(gate.ini)
     return Limits(
-        option=option,
-        command_line=parse_thresholds(option, command_line) if command_line is not None else {},
-        ini=parse_thresholds(option, str(config.getini(ini))),
+        option=gate.option,
+        command_line=parse_thresholds(gate, command_line) if command_line is not None else {},
+        ini=parse_thresholds(gate, str(config.getini(gate.ini))),
     )
 
 
-def parse_thresholds(option: str, value: str) -> dict[str, float]:
+def gate(key: str) -> Gate:
+    return next(g for g in GATES if g.key == key)
+
+
+def parse_thresholds(gate: Gate, value: str) -> dict[str, float]:
     """``1.5`` -> every precision (key ``*``); ``int8=1.5,fp16=0.5`` -> per precision."""
     limits: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in value.split(","))):
         name, _, number = part.rpartition("=")
-        limits[name.strip().lower() or "*"] = threshold(option, number)
+        limits[name.strip().lower() or "*"] = threshold(gate, number)
     return limits
 
 
-def threshold(option: str, value: object) -> float:
-    """A finite, non-negative number, or a ``QuantregError`` naming the option."""
+def threshold(gate: Gate, value: object, where: str = "") -> float:
+    """A finite number from 0 to the gate's upper bound, or a ``QuantregError`` naming the option."""
+    name = where or gate.option
     try:
         number = float(str(value).strip().rstrip("%"))
     except ValueError:
         number = math.nan
     if not math.isfinite(number) or number < 0:
-        raise QuantregError(f"{option}: {value!r} is not a non-negative number; use e.g. {option}=1.5 or {option}=int8=1.5,fp16=0.5")
+        raise QuantregError(
+            f"{name}: {value!r} is not a non-negative number; use e.g. {gate.option}=1.5 or {gate.option}=int8=1.5,fp16=0.5"
+        )
+    if number > gate.upper or (gate.key == "alpha" and number == 0):
+        low = "above 0" if gate.key == "alpha" else "from 0"
+        raise QuantregError(f"{name}: {value!r} is out of range; use a number {low} to {gate.upper:g}")
     return number
 
 

@@ -15,21 +15,24 @@ import pytest
 from pytest_quantreg import hooks, options
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
-from pytest_quantreg.gates import FP32, Limit, accuracy_drop_pp, check_accuracy, check_latency, latency_ratio
+from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency
 from pytest_quantreg.models import check_model_dir
 from pytest_quantreg.precisions import builtin_registry
 from pytest_quantreg.session import QuantregRun, release_memory
+from pytest_quantreg.stats import Agreement, LatencyRatio, latency_ratio
 
 if TYPE_CHECKING:
     import torch
 
     from pytest_quantreg.baselines import Baseline
     from pytest_quantreg.data import Sample
+    from pytest_quantreg.weights import WeightReport
 
 RUN = pytest.StashKey[QuantregRun]()
-MARKER_KEYS = frozenset({"max_drop", "max_latency_ratio", "precisions"})
+GATE_KEYS = tuple(gate.key for gate in options.GATES)
+MARKER_KEYS = frozenset({*GATE_KEYS, "precisions"})
 MARKER_HELP = (
-    "quantreg(max_drop=None, max_latency_ratio=None, precisions=None): per-test gates "
+    f"quantreg({', '.join(f'{key}=None' for key in GATE_KEYS)}, precisions=None): per-test gates "
     "(a number, or a dict of precision -> number) and the precisions this test runs for"
 )
 
@@ -132,13 +135,14 @@ def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
             pytrace=False,
         )
     kwargs = dict(marker.kwargs)
-    for key in ("max_drop", "max_latency_ratio"):
+    for gate in options.GATES:
+        key, where = gate.key, f"quantreg marker {gate.key}"
         value = kwargs.get(key)
         try:
             if isinstance(value, Mapping):
-                kwargs[key] = {str(k).lower(): options.threshold(f"quantreg marker {key}", v) for k, v in value.items()}
+                kwargs[key] = {str(k).lower(): options.threshold(gate, v, where) for k, v in value.items()}
             elif value is not None:
-                kwargs[key] = options.threshold(f"quantreg marker {key}", value)
+                kwargs[key] = options.threshold(gate, value, where)
         except QuantregError as exc:
             pytest.fail(f"{nodeid}: {exc}", pytrace=False)
     precisions = kwargs.get("precisions")
@@ -177,11 +181,19 @@ def quantreg_model(quantreg_run: QuantregRun, quantreg_precision: str) -> Iterat
 
 
 def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Module]:
-    """Build the model, hand it out, then free its memory."""
+    """Build the model (and its weight report when asked), hand it out, then free its memory."""
     model = _user_errors(lambda: run.build(run.registry[precision]))
+    if run.settings.weights_report is not None:
+        run.weight_report(precision, model)
     yield model
     del model
     release_memory()
+
+
+@pytest.fixture(scope="session")
+def quantreg_weight_report(quantreg_run: QuantregRun, quantreg_precision: str, quantreg_model: torch.nn.Module) -> WeightReport:
+    """Per-layer weight error of this precision's Linear layers against FP32's (``.layers``, ``.by_kind()``, ``.worst()``)."""
+    return quantreg_run.weight_report(quantreg_precision, quantreg_model)
 
 
 @pytest.fixture(scope="session")
@@ -211,16 +223,14 @@ class Quantreg:
         return self._request.getfixturevalue("quantreg_model")
 
     def limit(self, key: str) -> Limit:
-        """The threshold ``max_drop`` or ``max_latency_ratio`` for this precision, and its source."""
-        entry = self._run.registry[self.precision]
+        """The threshold of gate ``key`` (e.g. ``max_drop``, ``max_flip_rate``) for this precision, and its source."""
+        if key not in GATE_KEYS:
+            raise ValueError(f"unknown gate {key!r}; gates: {', '.join(GATE_KEYS)}")
         marker = self._marker.get(key)
         if isinstance(marker, Mapping):
             marker = marker.get(self.precision)
-        if key == "max_drop":
-            value, source = self._run.settings.max_drop.lookup(self.precision, marker, entry.max_drop)
-        else:
-            default = entry.latency_ratio_limit(self._run.settings.device_type)
-            value, source = self._run.settings.max_latency_ratio.lookup(self.precision, marker, default)
+        default = self._run.registry[self.precision].default_limit(key, self._run.settings.device_type)
+        value, source = self._run.settings.limits[key].lookup(self.precision, marker, default)
         return Limit(value, source)
 
     def measure(self, timed: bool = False) -> Measurement:
@@ -231,16 +241,16 @@ class Quantreg:
             self._record_extra_info(benchmark, result)
         return result
 
-    def check_accuracy(self) -> Measurement:
-        """Fail when accuracy dropped more than allowed against the stored FP32 baseline."""
+    def check_accuracy(self) -> Agreement:
+        """Fail when the predictions regressed against the stored FP32 baseline (accuracy drop, relative
+        accuracy, flip rate, mean KL; significance-aware with ``alpha``); return the paired statistics."""
         __tracebackhide__ = True
         baseline = _user_errors(self._run.baseline)
         result = self.measure()
-        check_accuracy(result, baseline, self.limit("max_drop"))
-        return result
+        return check_accuracy(result, baseline, {key: self.limit(key) for key in GATE_KEYS})
 
-    def check_latency(self) -> float:
-        """Fail when the median latency over FP32's (same run) exceeds the limit; return the ratio."""
+    def check_latency(self) -> LatencyRatio:
+        """Fail when the latency ratio to FP32 (same run) is above the limit beyond noise; return it."""
         __tracebackhide__ = True
         result = self.measure(timed=True)
         untimed = self.precision == FP32 or result.latency is None  # nothing to compare against
@@ -269,10 +279,23 @@ class Quantreg:
         }
         baseline = run.usable_baseline()
         if baseline is not None:
-            info.update(baseline_accuracy=baseline.accuracy, accuracy_drop_pp=accuracy_drop_pp(result, baseline))
+            stats = _user_errors(lambda: agreement(result, baseline))
+            info.update(
+                baseline_accuracy=baseline.accuracy,
+                accuracy_drop_pp=stats.accuracy_drop_pp,
+                accuracy_drop_ci95=list(stats.accuracy_drop_ci95),
+                mcnemar_p=stats.mcnemar_p,
+                flip_rate=stats.flip_rate,
+                agreement=stats.agreement,
+                kl_mean=stats.kl_mean,
+                max_logit_change=stats.max_logit_change,
+                confidence_change_pp=stats.confidence_change_pp,
+            )
         reference = run.measurements.get(FP32)
-        if reference is not None and (ratio := latency_ratio(result, reference)) is not None:
-            info["latency_ratio"] = ratio
+        if reference is not None and result.latencies_s and reference.latencies_s:
+            ratio = latency_ratio(result.latencies_s, reference.latencies_s)
+            if ratio is not None:
+                info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95))
         benchmark.extra_info.update(info)
 
 
@@ -285,20 +308,51 @@ def _user_errors(call: Any) -> Any:
         pytest.fail(str(exc), pytrace=False)
 
 
+def _user_errors_or_none(call: Any) -> Any:
+    try:
+        return call()
+    except QuantregError:
+        return None
+
+
 # -- reporting -------------------------------------------------------------------------------------
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Write the weight report JSON (``--quantreg-weights-report``) when models were built."""
+    from pytest_quantreg.fileio import atomic_write_json
+
+    run = session.config.stash.get(RUN, None)
+    path = run.settings.weights_report if run is not None else None
+    if run is None or path is None or not run.weight_reports:
+        return
+    try:
+        atomic_write_json(path, {"model": run.model_name, "precisions": [r.to_json() for r in run.weight_reports.values()]})
+        run.written.append(("written", path))
+    except OSError as exc:
+        run.skipped["weights report"] = f"cannot write {path}: {exc.strerror}; choose a writable --quantreg-weights-report path"
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    from pytest_quantreg.report import TITLE, summary_table
+    from pytest_quantreg.report import TITLE, summary_table, weight_lines
 
     run = config.stash.get(RUN, None)
     if run is None:
         return
     if run.measurements:
         terminalreporter.write_sep("=", f"{TITLE} ({run.model_name}, {len(run.sample)} samples, {run.device})")
-        for line in summary_table(run.measurements):
+        reference = _user_errors_or_none(run.statistics_reference)
+        for line in summary_table(run.measurements, reference[0] if reference else None):
             terminalreporter.write_line(line)
+        if reference is not None:
+            terminalreporter.write_line(f"paired statistics against {reference[1]}")
+    if run.weight_reports:
+        terminalreporter.write_sep("=", f"QUANTREG WEIGHT ERROR ({run.model_name})")
+        for report in run.weight_reports.values():
+            for line in weight_lines(report):
+                terminalreporter.write_line(line)
     for outcome, path in run.written:
-        terminalreporter.write_line(f"quantreg: baseline {outcome}: {path}")
+        what = "weight report" if path == run.settings.weights_report else "baseline"
+        terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")

@@ -59,6 +59,8 @@ class Precision:
     max_drop: float = 1.0
     max_latency_ratio: Mapping[str, float] = field(default_factory=dict)
     requires: tuple[str, ...] = ()
+    max_flip_rate: float | None = None
+    max_kl: float | None = None
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this precision cannot run on ``device_type`` here, or None when it can."""
@@ -69,9 +71,11 @@ class Precision:
                 return f"{self.name} needs the '{module}' package, which is not installed (`pip install {module}`)"
         return None
 
-    def latency_ratio_limit(self, device_type: str) -> float | None:
-        """The default latency-ratio gate on this device type (None: not gated)."""
-        return self.max_latency_ratio.get(device_type)
+    def default_limit(self, key: str, device_type: str) -> float | None:
+        """This precision's default for the gate ``key`` on ``device_type`` (None: not gated by default)."""
+        if key == "max_latency_ratio":
+            return self.max_latency_ratio.get(device_type)
+        return {"max_drop": self.max_drop, "max_flip_rate": self.max_flip_rate, "max_kl": self.max_kl}.get(key)
 
 
 class Registry:
@@ -99,6 +103,8 @@ class Registry:
         max_drop: float = 1.0,
         max_latency_ratio: Mapping[str, float] | None = None,
         requires: Iterable[str] = (),
+        max_flip_rate: float | None = None,
+        max_kl: float | None = None,
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -113,6 +119,8 @@ class Registry:
                 max_drop=max_drop,
                 max_latency_ratio=dict(max_latency_ratio or {}),
                 requires=tuple(requires),
+                max_flip_rate=max_flip_rate,
+                max_kl=max_kl,
             )
         )
 
@@ -185,14 +193,22 @@ def builtin_registry() -> Registry:
     Latency ratios are quantized median / FP32 median in the same run. On CPU, FP16/BF16 have no
     native arithmetic and bitsandbytes is slower than torch's own int8, so those are loose;
     int8-dynamic is the one expected to be faster, and must not be slower than FP32. Measured on
-    the example (2-core CPU): drops 0 / 0.26 / 3.62 / 0 / 1.03 / 3.62 pp and ratios 2.89 / 2.59 /
-    0.67 / 2.55 / 1.30 / 1.15 for fp16 / bf16 / int8-dynamic / int8-bnb / int4-nf4 / int4-fp4.
+    the example (2-core CPU) for fp16 / bf16 / int8-dynamic / int8-bnb / int4-nf4 / int4-fp4:
+    drops 0 / 0.26 / 3.62 / 0 / 1.03 / 3.62 pp, flip rates 0 / 0.26 / 10.34 / 0.52 / 3.10 / 5.68 %,
+    mean KL 0 / 0.00003 / 0.048 / 0.0007 / 0.011 / 0.021 nats, latency ratios 2.89 / 2.59 / 0.67 /
+    2.55 / 1.30 / 1.15. The defaults leave each about 1.4x or more of headroom.
     """
     bnb = ("bitsandbytes", "accelerate")
     return Registry(
         [
             Precision(
-                "fp32", _fp32, description="the FP32 original, checked against its stored baseline", max_drop=0.5, max_latency_ratio={}
+                "fp32",
+                _fp32,
+                description="the FP32 original, checked against its stored baseline",
+                max_drop=0.5,
+                max_latency_ratio={},
+                max_flip_rate=1.0,
+                max_kl=0.001,
             ),
             Precision(
                 "fp16",
@@ -200,9 +216,17 @@ def builtin_registry() -> Registry:
                 description="half precision weights and activations",
                 max_drop=1.0,
                 max_latency_ratio={"cpu": 6.0, "cuda": 1.2},
+                max_flip_rate=2.0,
+                max_kl=0.005,
             ),
             Precision(
-                "bf16", _bf16, description="bfloat16 weights and activations", max_drop=3.0, max_latency_ratio={"cpu": 6.0, "cuda": 1.2}
+                "bf16",
+                _bf16,
+                description="bfloat16 weights and activations",
+                max_drop=3.0,
+                max_latency_ratio={"cpu": 6.0, "cuda": 1.2},
+                max_flip_rate=3.0,
+                max_kl=0.01,
             ),
             Precision(
                 "int8-dynamic",
@@ -211,6 +235,8 @@ def builtin_registry() -> Registry:
                 max_drop=5.0,
                 description="torch quantize_dynamic (qint8) on the Linear layers",
                 max_latency_ratio={"cpu": 1.0},
+                max_flip_rate=15.0,
+                max_kl=0.1,
             ),
             Precision(
                 "int8-bnb",
@@ -219,6 +245,8 @@ def builtin_registry() -> Registry:
                 max_drop=3.0,
                 description="bitsandbytes LLM.int8 (BitsAndBytesConfig(load_in_8bit=True))",
                 max_latency_ratio={"cpu": 5.0, "cuda": 4.0},
+                max_flip_rate=3.0,
+                max_kl=0.01,
             ),
             *(
                 Precision(
@@ -228,6 +256,8 @@ def builtin_registry() -> Registry:
                     max_drop=10.0,
                     description=f"bitsandbytes 4-bit {what} weights",
                     max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
+                    max_flip_rate=10.0,
+                    max_kl=0.1,
                 )
                 for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
             ),

@@ -1,12 +1,17 @@
-"""What the terminal shows: the reproducibility header and the seed-style comparison table."""
+"""What the terminal shows: the reproducibility header, the seed-style comparison table with the
+paired statistics, and the per-layer weight error."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.example import library_versions
 from pytest_quantreg.gates import FP32
 from pytest_quantreg.session import QuantregRun
+from pytest_quantreg.stats import Agreement, Reference, compare, latency_ratio
+from pytest_quantreg.weights import WeightReport
 
 TITLE = "QUANTIZATION COMPARISON SUMMARY"
 
@@ -42,8 +47,9 @@ def _example_line() -> str:
     return f"quantreg model: embedded example {folder} (weights sha256 {str(read_manifest(folder)['weights_sha256'])[:12]})"
 
 
-def summary_table(measurements: dict[str, Measurement]) -> list[str]:
-    """The seed's table: one column per precision, then each against FP32."""
+def summary_table(measurements: dict[str, Measurement], reference: Reference | None = None) -> list[str]:
+    """The seed's table: one column per precision, then each against FP32; with a ``reference``,
+    rows of paired statistics against FP32's predictions."""
     names = list(measurements)
     fp32 = measurements.get(FP32)
     others = [n for n in names if n != FP32] if fp32 else []
@@ -67,11 +73,51 @@ def summary_table(measurements: dict[str, Measurement]) -> list[str]:
     add("mean latency (ms)", lat("mean_ms"), lat_rel("mean_ms"))
     add("median latency (ms)", lat("median_ms"), lat_rel("median_ms"))
     add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
+    if fp32 is not None:
+        add("latency ratio [95% CI]", lambda m: _ratio(m, fp32), lambda m, f: "")
+    if reference is not None:
+        stats = {n: compare(measurements[n], reference) for n in names}
+        for metric, cell in _STATISTICS:
+            add(metric, lambda m, cell=cell: cell(stats[m.precision]), lambda m, f: "")
     table = [["metric", *columns], *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return [
         " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in table
     ]
+
+
+_STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
+    ("drop vs FP32 [95% CI] (pp)", lambda a: f"{a.accuracy_drop_pp:.2f} [{a.accuracy_drop_ci95[0]:.2f}, {a.accuracy_drop_ci95[1]:.2f}]"),
+    ("McNemar p (exact)", lambda a: f"{a.mcnemar_p:.3g}"),
+    ("flip rate vs FP32 (%)", lambda a: f"{a.flip_rate * 100:.2f}"),
+    ("mean KL vs FP32 (nats)", lambda a: f"{a.kl_mean:.4f}"),
+    ("max |logit change|", lambda a: f"{a.max_logit_change:.3f}" if a.max_logit_change is not None else "n/a"),
+]
+
+
+def _ratio(measurement: Measurement, fp32: Measurement) -> str:
+    if not measurement.latencies_s or not fp32.latencies_s:
+        return "n/a"
+    ratio = latency_ratio(measurement.latencies_s, fp32.latencies_s)
+    return f"{ratio.ratio:.2f} [{ratio.ci95[0]:.2f}, {ratio.ci95[1]:.2f}]" if ratio else "n/a"
+
+
+def weight_lines(report: WeightReport, worst: int = 5) -> list[str]:
+    """The per-layer-kind summary and the ``worst`` layers of one precision."""
+    lines = [f"{report.precision}: {len(report.layers)} Linear layers compared with FP32"]
+    kinds = report.by_kind()
+    width = max((len(k.kind) for k in kinds), default=4)
+    lines.append(f"  {'layer kind'.ljust(width)} | layers | min SNR dB | mean SNR dB | mean rel L2 | max |err|")
+    for k in kinds:
+        snr = f"{k.min_snr_db:10.2f} | {k.mean_snr_db:11.2f}"
+        lines.append(f"  {k.kind.ljust(width)} | {k.layers:6d} | {snr} | {k.mean_rel_l2:11.5f} | {k.max_abs:9.5f}")
+    lines.append(f"  worst {min(worst, len(report.layers))} by SNR:")
+    for layer in report.worst(worst):
+        lines.append(
+            f"    {layer.name} ({layer.storage}): SNR {layer.snr_db:.2f} dB, rel L2 {layer.rel_l2:.5f}, "
+            f"cosine {layer.cosine:.6f}, max |err| {layer.max_abs:.5f}"
+        )
+    return lines
 
 
 def _percent(value: float, reference: float) -> str:

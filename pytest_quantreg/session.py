@@ -23,9 +23,12 @@ from pytest_quantreg.example import library_versions
 from pytest_quantreg.gates import FP32
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
+from pytest_quantreg.stats import Reference
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_quantreg.weights import WeightReport
 
 EXAMPLE_NAME = "quantreg-example-minilm-tweets"
 
@@ -40,6 +43,8 @@ class QuantregRun:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     written: list[tuple[str, Path]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    weight_reports: dict[str, WeightReport] = field(default_factory=dict)
+    _fp32_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def device(self) -> str:
@@ -152,6 +157,36 @@ class QuantregRun:
         finally:
             del model
             release_memory()
+
+    def weight_report(self, name: str, model: torch.nn.Module) -> WeightReport:
+        """Per-layer weight error of ``model`` (precision ``name``) against FP32's weights; once per precision."""
+        from pytest_quantreg.weights import linear_weights, weight_report
+
+        if name not in self.weight_reports:
+            if self._fp32_weights is None:
+                self._fp32_weights = linear_weights(model) if name == FP32 else self._load_fp32_weights()
+            self.weight_reports[name] = weight_report(name, self._fp32_weights, model)
+        return self.weight_reports[name]
+
+    def _load_fp32_weights(self) -> dict[str, torch.Tensor]:
+        from pytest_quantreg.weights import linear_weights
+
+        model = self.build(self.registry[FP32])
+        try:
+            return linear_weights(model)
+        finally:
+            del model
+            release_memory()
+
+    def statistics_reference(self) -> tuple[Reference, str] | None:
+        """What the summary's paired statistics compare with: the stored baseline, else this run's FP32."""
+        baseline = self.usable_baseline()
+        if baseline is not None:
+            return baseline.reference(), f"the stored FP32 baseline {baseline.path}"
+        fp32 = self.measurements.get(FP32)
+        if fp32 is not None:
+            return Reference.from_measurement(fp32), "FP32 measured in this run (no usable stored baseline)"
+        return None
 
     def baseline(self) -> baselines.Baseline:
         """The stored FP32 baseline, recorded first when asked; fail the test when unusable."""

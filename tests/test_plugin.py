@@ -31,8 +31,24 @@ CUSTOM_PRECISIONS = textwrap.dedent(
         model.forward = three_times
         return model
 
+    def _flip_rare(ctx):
+        # a model that errs on exactly the two texts containing the word "w4": FP32 is right on all 60
+        from transformers import AutoTokenizer
+
+        rare = AutoTokenizer.from_pretrained(ctx.model_dir).convert_tokens_to_ids("w4")
+        model = ctx.load()
+        forward = model.forward
+        def flipped(*args, **kwargs):
+            out = forward(*args, **kwargs)
+            if (kwargs["input_ids"] == rare).any():
+                out["logits"] = -out["logits"]
+            return out
+        model.forward = flipped
+        return model
+
     def pytest_quantreg_precisions(registry):
         registry.register("damaged", _damaged, devices=["cpu"], max_drop=1.0)
+        registry.register("flip-rare", _flip_rare, devices=["cpu"], max_drop=100.0)
         registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})
         registry.register("needs-missing", _damaged, requires=["no_such_module_xyz"])
     """
@@ -58,15 +74,23 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-warmup=WARMUP",
         "--quantreg-baseline-dir=DIR",
         "--quantreg-update-baselines",
-        "--quantreg-max-drop=DROP",
-        "--quantreg-max-latency-ratio=RATIO",
+        "--quantreg-max-drop=N",
+        "--quantreg-min-relative-accuracy=N",
+        "--quantreg-alpha=N",
+        "--quantreg-max-flip-rate=N",
+        "--quantreg-max-kl=N",
+        "--quantreg-max-latency-ratio=N",
+        "--quantreg-weights-report=REPORT",
         "--quantreg-text-column=COLUMN",
         "--quantreg-label-column=COLUMN",
     ):
         assert option in result.stdout.str(), option
     result.stdout.fnmatch_lines(["*quantreg_precision (string):*", "*quantreg_update_baselines (bool):*"])
     pytester.runpytest("--markers").stdout.fnmatch_lines(
-        ["@pytest.mark.quantreg(max_drop=None, max_latency_ratio=None, precisions=None):*"]
+        [
+            "@pytest.mark.quantreg(max_drop=None, min_relative_accuracy=None, alpha=None, max_flip_rate=None, max_kl=None, "
+            "max_latency_ratio=None, precisions=None):*"
+        ]
     )
 
 
@@ -110,6 +134,11 @@ def test_ini_selects_precisions_and_command_line_wins(quantreg_pytester: pytest.
         (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
         (["--quantreg-max-latency-ratio=int8=fast"], "--quantreg-max-latency-ratio: 'fast' is not a non-negative number"),
         (["--quantreg-max-drop=int9=1"], "unknown precision 'int9'; valid names: fp32"),
+        (["--quantreg-alpha=0"], "--quantreg-alpha: '0' is out of range; use a number above 0 to 0.5"),
+        (["--quantreg-alpha=int8=0.9"], "--quantreg-alpha: '0.9' is out of range; use a number above 0 to 0.5"),
+        (["--quantreg-min-relative-accuracy=101"], "--quantreg-min-relative-accuracy: '101' is out of range; use a number from 0 to 100"),
+        (["--quantreg-max-flip-rate=inf"], "--quantreg-max-flip-rate: 'inf' is not a non-negative number"),
+        (["--quantreg-max-kl=fp16=-0.1"], "--quantreg-max-kl: '-0.1' is not a non-negative number"),
     ],
 )
 def test_bad_option_is_a_usage_error(quantreg_pytester: pytest.Pytester, args: list[str], message: str) -> None:
@@ -202,12 +231,33 @@ def test_fp32_drift_fails_against_its_baseline(quantreg_pytester: pytest.Pyteste
     record_baseline(quantreg_pytester)
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     document = json.loads(path.read_text())
-    document["fp32"]["accuracy"] = 1.02  # the stored FP32 was 2 points better than FP32 is now
+    for entry in list(document["predictions"].values())[:2]:  # FP32 once predicted two samples otherwise
+        entry["label"] = 1 - entry["label"]
+        entry["probs"], entry["logits"] = entry["probs"][::-1], entry["logits"][::-1]
+    document["fp32"]["accuracy"] = 58 / 60
     path.write_text(json.dumps(document))
-    result = quantreg_pytester.runpytest("--precision=fp32")
+    result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
+    result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*FP32 drifted from its stored baseline: accuracy 100.00% vs baseline 102.00%, drop 2.00 pp > max 0.50 pp (default for fp32)*"]
+        [
+            "*FP32 drifted from its stored baseline: accuracy 100.00% vs FP32 baseline 96.67% on 60 samples",
+            "*- flip rate 3.33% (2/60) > max 1.00% (default for fp32)",
+            "*statistics: drop 95% CI [[]*, *] pp, McNemar p 0.5 (0 FP32-only right, 2 quantized-only right), flip rate 3.33% (2/60)*",
+            "*accept it: raise the limit (--quantreg-max-flip-rate=fp32=N, or the quantreg marker), "
+            "or re-record FP32 with --quantreg-update-baselines",
+        ]
     )
+
+
+def test_edited_baseline_accuracy_is_refused(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    document = json.loads(path.read_text())
+    document["fp32"]["accuracy"] = 0.9  # the number no longer matches the stored predictions
+    path.write_text(json.dumps(document))
+    result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*says FP32 accuracy 90.00% but its predictions score 100.00% on this sample; it was edited or damaged*"])
 
 
 def test_damaged_precision_fails_the_accuracy_gate(quantreg_pytester: pytest.Pytester) -> None:
@@ -217,10 +267,12 @@ def test_damaged_precision_fails_the_accuracy_gate(quantreg_pytester: pytest.Pyt
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*damaged lost too much accuracy against FP32: accuracy 0.00% vs baseline 100.00%, "
-            "drop 100.00 pp > max 1.00 pp (default for damaged)",
-            "*samples: 60, baseline: *.json",
-            "*accept it: raise the limit (--quantreg-max-drop=damaged=N or @pytest.mark.quantreg(max_drop=N))",
+            "*damaged regressed against FP32: accuracy 0.00% vs FP32 baseline 100.00% on 60 samples",
+            "*- accuracy drop 100.00 pp > max 1.00 pp (default for damaged)",
+            "*statistics: drop 95% CI [[]100.00, 100.00] pp, McNemar p 1.73e-18 (60 FP32-only right, 0 quantized-only right), "
+            "flip rate 100.00% (60/60), mean KL *",
+            "*baseline: *.json",
+            "*accept it: raise the limit (--quantreg-max-drop=damaged=N, or the quantreg marker)",
         ]
     )
     assert "Traceback" not in result.stdout.str()
@@ -245,7 +297,7 @@ def test_thresholds_from_command_line_and_marker(quantreg_pytester: pytest.Pytes
     marked = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py")
     marked.assert_outcomes(passed=1)
     overridden = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py", "--quantreg-max-drop=5")
-    overridden.stdout.fnmatch_lines(["*drop 100.00 pp > max 5.00 pp (command line: --quantreg-max-drop)*"])
+    overridden.stdout.fnmatch_lines(["*accuracy drop 100.00 pp > max 5.00 pp (command line: --quantreg-max-drop)*"])
 
 
 def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> None:
@@ -263,7 +315,12 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
         """
     )
     result = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q")
-    result.stdout.fnmatch_lines(["*unknown quantreg marker argument(s) max_dorp; use max_drop, max_latency_ratio, precisions*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*unknown quantreg marker argument(s) max_dorp; use alpha, max_drop, max_flip_rate, max_kl, max_latency_ratio, "
+            "min_relative_accuracy, precisions*"
+        ]
+    )
     quantreg_pytester.makepyfile(
         test_marked="""
         import pytest
@@ -285,7 +342,11 @@ def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pyteste
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["*slow is too slow against FP32: median * ms vs * ms, ratio * > max 1.500 (command line: --quantreg-max-latency-ratio)*"]
+        [
+            "*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], 60 paired samples), the whole interval above max 1.500 "
+            "(command line: --quantreg-max-latency-ratio)",
+            "*medians: * ms vs FP32 * ms",
+        ]
     )
 
 
@@ -315,8 +376,18 @@ def test_benchmark_json_carries_the_whole_story(quantreg_pytester: pytest.Pytest
         "size_mb",
         "n_samples",
         "latency_ratio",
+        "latency_ratio_ci95",
+        "flip_rate",
+        "mcnemar_p",
+        "accuracy_drop_ci95",
+        "kl_mean",
+        "max_logit_change",
     ):
         assert key in info, key
+    assert info["flip_rate"] == pytest.approx(info["accuracy_drop_pp"] / 100)  # FP32 is right on every sample
+    low, high = info["accuracy_drop_ci95"]
+    assert low <= info["accuracy_drop_pp"] <= high
+    assert 0 <= info["mcnemar_p"] <= 1
     assert info["precision"] == "int8-dynamic"
     assert info["device"] == "cpu"
     assert info["n_samples"] == 60
@@ -342,13 +413,20 @@ def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(
         [
             "*QUANTIZATION COMPARISON SUMMARY (tiny-model*, 60 samples, cpu)*",
-            "metric * | * FP32 | * FP16 | INT8-DYNAMIC | * FP16 vs FP32 | INT8-DYNAMIC vs FP32",
+            "metric * | * FP32 | * FP16 | * INT8-DYNAMIC | * FP16 vs FP32 | INT8-DYNAMIC vs FP32",
             "model size (MB) *|*% smaller*",
             "accuracy (%) * | * 100.00 |*",
             "avg confidence (%)*",
             "mean latency (ms)*",
             "median latency (ms)*",
             "std latency (ms)*n/a*",
+            "latency ratio [[]95% CI] * | 1.00 [[]1.00, 1.00] | * [[]*, *] | * [[]*, *] |*",
+            "drop vs FP32 [[]95% CI] (pp) * | 0.00 [[]0.00, 0.00] |*",
+            "McNemar p (exact) * | * 1 |*",
+            "flip rate vs FP32 (%) * | * 0.00 |*",
+            "mean KL vs FP32 (nats) * | * 0.0000 |*",
+            "max |logit change| * | * 0.000 |*",
+            "paired statistics against the stored FP32 baseline *.json",
         ]
     )
 
@@ -359,5 +437,97 @@ def test_benchmark_disable_still_gates_accuracy_and_skips_latency(quantreg_pytes
     result = quantreg_pytester.runpytest("--precision=fp32,damaged", "--benchmark-disable", "-rs")
     result.assert_outcomes(passed=1, failed=1, skipped=2)
     result.stdout.fnmatch_lines(
-        ["*damaged lost too much accuracy*", "*latency gate for fp32 not judged: timing is off (disabled by pytest-benchmark)*"]
+        ["*damaged regressed against FP32*", "*latency gate for fp32 not judged: timing is off (disabled by pytest-benchmark)*"]
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "outcome", "message"),
+    [
+        (["--quantreg-min-relative-accuracy=95"], "passed", None),
+        (
+            ["--quantreg-min-relative-accuracy=99"],
+            "failed",
+            "*- relative accuracy 96.67% of FP32 < min 99.00% (command line: --quantreg-min-relative-accuracy)",
+        ),
+        (["--quantreg-max-flip-rate=flip-rare=5"], "passed", None),
+        (
+            ["--quantreg-max-flip-rate=flip-rare=3"],
+            "failed",
+            "*- flip rate 3.33% (2/60) > max 3.00% (command line: --quantreg-max-flip-rate)",
+        ),
+        (["--quantreg-max-kl=10"], "passed", None),
+        (["--quantreg-max-kl=0.0001"], "failed", "*- mean KL 0.* > max 0.0001 (command line: --quantreg-max-kl)"),
+        (["--quantreg-max-drop=0"], "failed", "*- accuracy drop 3.33 pp > max 0.00 pp (command line: --quantreg-max-drop)"),
+        (["--quantreg-max-drop=0", "--quantreg-alpha=0.05"], "passed", None),  # 2 of 60 is not significant (p 0.25)
+    ],
+)
+def test_each_prediction_gate_passes_and_fails(
+    quantreg_pytester: pytest.Pytester, args: list[str], outcome: str, message: str | None
+) -> None:
+    """flip-rare gets exactly two of the 60 samples wrong; each gate judges that by its own rule."""
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=flip-rare", "-k", "accuracy", *args)
+    result.assert_outcomes(**{outcome: 1})
+    if message:
+        result.stdout.fnmatch_lines(["*flip-rare regressed against FP32: accuracy 96.67% vs FP32 baseline 100.00% on 60 samples*", message])
+
+
+def test_significance_mode_still_fails_a_significant_drop(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy", "--quantreg-alpha=0.05")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*- accuracy drop 100.00 pp > max 1.00 pp (default for damaged)", "*McNemar p 1.73e-18*"])
+    quantreg_pytester.makepyfile(
+        test_marked="""
+        import pytest
+
+        @pytest.mark.quantreg(max_drop=0, alpha={"flip-rare": 0.3})
+        def test_marked(quantreg):
+            stats = quantreg.check_accuracy()
+            assert stats.flips == 2
+        """
+    )
+    marked = quantreg_pytester.runpytest("--precision=flip-rare", "test_marked.py")
+    marked.assert_outcomes(failed=1)  # p 0.25 < 0.3: significant at the marker's level
+    marked.stdout.fnmatch_lines(["*- accuracy drop 3.33 pp > max 0.00 pp (quantreg marker)"])
+
+
+def test_slow_precision_within_a_loose_limit_passes(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    result = quantreg_pytester.runpytest("--precision=fp32,slow", "-k", "latency", "--quantreg-max-latency-ratio=slow=10")
+    result.assert_outcomes(passed=2)
+
+
+def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makepyfile(
+        test_weights="""
+        def test_attention_snr(quantreg_weight_report, quantreg_precision):
+            attention = [layer for layer in quantreg_weight_report.layers if ".attention." in layer.name]
+            assert len(attention) == 8
+            floor = {"fp32": float("inf"), "fp16": 60, "int8-dynamic": 20, "int4-nf4": 10}[quantreg_precision]
+            assert min(layer.snr_db for layer in attention) >= floor
+        """
+    )
+    result = quantreg_pytester.runpytest("test_weights.py", "--precision=fp32,fp16,int8,int4", "--quantreg-weights-report=out/w.json")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*QUANTREG WEIGHT ERROR (tiny-model*)*",
+            "int8-dynamic: 14 Linear layers compared with FP32",
+            "  layer kind * | layers | min SNR dB | mean SNR dB | mean rel L2 | max |err|",
+            "  bert.encoder.layer.*.attention.self.query * |      2 |*",
+            "  worst 5 by SNR:",
+            "    bert.* (torch qint8 per-tensor): SNR * dB, rel L2 *, cosine *, max |err| *",
+            "int4-nf4: 14 Linear layers compared with FP32",
+            "quantreg: weight report written: *out/w.json",
+        ]
+    )
+    document = json.loads((quantreg_pytester.path / "out" / "w.json").read_text())
+    by_precision = {entry["precision"]: entry for entry in document["precisions"]}
+    assert list(by_precision) == ["fp32", "fp16", "int8-dynamic", "int4-nf4"]
+    assert len(by_precision["int4-nf4"]["layers"]) == 14
+    assert by_precision["fp32"]["layers"][0]["snr_db"] is None  # exact: infinite SNR
+    assert by_precision["int4-nf4"]["layers"][0]["storage"] == "bitsandbytes nf4 block 64"
