@@ -12,6 +12,8 @@ the tiny project does not gate it unless a test says so on the command line.
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.util
 import random
 import textwrap
 from pathlib import Path
@@ -81,8 +83,19 @@ def tiny_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
+@pytest.fixture(scope="session")
+def bitsandbytes_imported() -> None:
+    """Import bitsandbytes once for the whole session, before any pytester snapshot of sys.modules.
+
+    bitsandbytes registers torch operators on import and cannot be imported twice in a process;
+    in-process pytester runs drop the modules they imported, so it must be imported out here.
+    """
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        importlib.import_module("bitsandbytes")
+
+
 @pytest.fixture
-def quantreg_pytester(pytester: pytest.Pytester, tiny_model_dir: Path, tiny_dataset: Path) -> pytest.Pytester:
+def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, tiny_model_dir: Path, tiny_dataset: Path) -> pytest.Pytester:
     """A pytester project whose ini points the plugin at the tiny model and data on the CPU."""
     pytester.makeini(
         textwrap.dedent(

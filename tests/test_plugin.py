@@ -502,8 +502,8 @@ def test_slow_precision_within_a_loose_limit_passes(quantreg_pytester: pytest.Py
 
 
 def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: pytest.Pytester) -> None:
-    quantreg_pytester.makepyfile(
-        test_weights="""
+    quantreg_pytester.makepyfile(  # not test_weights.py: this suite has a module of that name
+        test_snr_floor="""
         def test_attention_snr(quantreg_weight_report, quantreg_precision):
             attention = [layer for layer in quantreg_weight_report.layers if ".attention." in layer.name]
             assert len(attention) == 8
@@ -511,7 +511,7 @@ def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: p
             assert min(layer.snr_db for layer in attention) >= floor
         """
     )
-    result = quantreg_pytester.runpytest("test_weights.py", "--precision=fp32,fp16,int8,int4", "--quantreg-weights-report=out/w.json")
+    result = quantreg_pytester.runpytest("test_snr_floor.py", "--precision=fp32,fp16,int8,int4", "--quantreg-weights-report=out/w.json")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(
         [
