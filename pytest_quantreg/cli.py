@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from pytest_quantreg.errors import QuantregError
 
@@ -21,12 +22,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     build.add_argument("--force", action="store_true", help="Rebuild even when a cached model exists")
     build.add_argument("--quiet", action="store_true", help="No progress bar")
+    _add_compare(commands)
     args = parser.parse_args(argv)
     try:
+        if args.command == "compare":
+            return _compare(args)
         return _build_example(force=args.force, progress=not args.quiet)
     except QuantregError as exc:
         print(f"quantreg: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    from pytest_quantreg.compare import DEFAULT_FAIL_ON, METRICS
+
+    metrics = "; ".join(f"{name}: {what}" for name, what in METRICS.items())
+    compare = commands.add_parser(
+        "compare",
+        help="Compare two runs (--benchmark-json files or --benchmark-autosave ids) and fail on regressions",
+        description="Match quantreg benchmarks of two runs by model, data set, precision and device; "
+        "exit 0 when nothing regressed, 1 on a regression, 2 on bad input.",
+    )
+    compare.add_argument("base", metavar="BASE", help="the run to compare against: a JSON file, or a saved run's id such as 0001")
+    compare.add_argument("head", metavar="HEAD", help="the run under test, in the same forms")
+    compare.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC=N",
+        help=f"fail when a metric regresses by more than N (repeatable; default {DEFAULT_FAIL_ON}). {metrics}".replace("%", "%%"),
+    )
+    compare.add_argument("--storage", default=".benchmarks", type=Path, help="where saved runs live (default: %(default)s)")
+    output = compare.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print Markdown (for a CI step summary)")
+    output.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pytest_quantreg import compare
+
+    thresholds = compare.parse_fail_on(args.fail_on)
+    result = compare.compare_runs(compare.load_run(args.base, args.storage), compare.load_run(args.head, args.storage), thresholds)
+    render = compare.render_markdown if args.markdown else compare.render_json if args.json else compare.render_text
+    print(render(result))
+    return 1 if result.regressions else 0
 
 
 def _build_example(force: bool, progress: bool) -> int:

@@ -53,6 +53,12 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "Folder of the stored FP32 baselines, relative to the rootdir (default: %(default)s)",
     ),
     (
+        "--quantreg-report",
+        "quantreg_report",
+        "",
+        "Write a Markdown report and PNG charts of the run into this folder (needs matplotlib: pytest-quantreg[report])",
+    ),
+    (
         "--quantreg-weights-report",
         "quantreg_weights_report",
         "",
@@ -164,6 +170,7 @@ class Settings:
     baseline_dir: Path
     update_baselines: bool
     weights_report: Path | None
+    report_dir: Path | None
     limits: dict[str, Limits]
 
     @property
@@ -202,6 +209,7 @@ def resolve(config: pytest.Config) -> Settings:
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=bool(update if update is not None else config.getini("quantreg_update_baselines")),
             weights_report=path("quantreg_weights_report"),
+            report_dir=path("quantreg_report"),
             limits={gate.key: _limits(config, gate) for gate in GATES},
         )
     except QuantregError as exc:

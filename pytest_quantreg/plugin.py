@@ -61,6 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
         run = QuantregRun(settings=settings, registry=registry, selected=registry.select(settings.precision, settings.device_type))
         if settings.model is not None:
             check_model_dir(settings.model)
+        if settings.report_dir is not None:
+            from pytest_quantreg.report_files import check_available
+
+            check_available()
         run.sample  # noqa: B018 -- reads and checks the data set and the sample size now, not mid-run
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -319,18 +323,29 @@ def _user_errors_or_none(call: Any) -> Any:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the weight report JSON (``--quantreg-weights-report``) when models were built."""
-    from pytest_quantreg.fileio import atomic_write_json
-
+    """Write the files asked for: the weight report JSON and the Markdown report with charts."""
     run = session.config.stash.get(RUN, None)
-    path = run.settings.weights_report if run is not None else None
-    if run is None or path is None or not run.weight_reports:
+    if run is None:
         return
-    try:
-        atomic_write_json(path, {"model": run.model_name, "precisions": [r.to_json() for r in run.weight_reports.values()]})
-        run.written.append(("written", path))
-    except OSError as exc:
-        run.skipped["weights report"] = f"cannot write {path}: {exc.strerror}; choose a writable --quantreg-weights-report path"
+    path = run.settings.weights_report
+    if path is not None and run.weight_reports:
+        from pytest_quantreg.fileio import atomic_write_json
+
+        try:
+            atomic_write_json(path, {"model": run.model_name, "precisions": [r.to_json() for r in run.weight_reports.values()]})
+            run.written.append(("written", path))
+        except OSError as exc:
+            run.skipped["weights report"] = f"cannot write {path}: {exc.strerror}; choose a writable --quantreg-weights-report path"
+    folder = run.settings.report_dir
+    if folder is not None and run.measurements:
+        from pytest_quantreg.report import TITLE, header
+        from pytest_quantreg.report_files import write_report
+
+        try:
+            files = write_report(folder, f"{TITLE.title()}: {run.model_name}", header(run), run.measurements, run.statistics_reference())
+            run.written.extend(("written", file) for file in files)
+        except OSError as exc:
+            run.skipped["report"] = f"cannot write into {folder}: {exc.strerror}; choose a writable --quantreg-report folder"
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -352,7 +367,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             for line in weight_lines(report):
                 terminalreporter.write_line(line)
     for outcome, path in run.written:
-        what = "weight report" if path == run.settings.weights_report else "baseline"
+        what = "report file" if outcome == "written" and path != run.settings.weights_report else "baseline"
+        what = "weight report" if path == run.settings.weights_report else what
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")

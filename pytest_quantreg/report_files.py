@@ -1,0 +1,140 @@
+"""``--quantreg-report=DIR``: a Markdown report and PNG charts of the run (matplotlib, optional).
+
+Charts: model size, accuracy with its 95% interval, and the per-sample latency distribution of
+each precision. matplotlib is the ``report`` extra; without it the option is a usage error that
+says what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.fileio import atomic_write_text
+from pytest_quantreg.gates import FP32
+from pytest_quantreg.stats import Reference, compare, latency_ratio
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+INSTALL_HINT = "pip install 'pytest-quantreg[report]'"
+
+
+def check_available() -> None:
+    """Raise ``QuantregError`` with the fix when matplotlib cannot be imported."""
+    problem = None
+    if importlib.util.find_spec("matplotlib") is None:
+        problem = "is not installed"
+    else:
+        try:
+            import matplotlib  # noqa: F401
+        except Exception as exc:  # a broken install fails in many ways
+            problem = f"fails to load ({type(exc).__name__}: {exc})"
+    if problem:
+        raise QuantregError(f"--quantreg-report needs matplotlib, which {problem}; install it with {INSTALL_HINT}")
+
+
+def write_report(
+    directory: Path, title: str, header: list[str], measurements: dict[str, Measurement], reference: tuple[Reference, str] | None
+) -> list[Path]:
+    """Write report.md and the charts into ``directory``; return the files written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    charts = [_size_chart(directory, measurements), _accuracy_chart(directory, measurements)]
+    if any(m.latencies_s for m in measurements.values()):
+        charts.append(_latency_chart(directory, measurements))
+    lines = [f"# {title}", "", *(f"- {line}" for line in header), "", *_table(measurements, reference), ""]
+    lines += [f"![{path.stem}]({path.name})" for path in charts]
+    report = directory / "report.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return [report, *charts]
+
+
+def _table(measurements: dict[str, Measurement], reference: tuple[Reference, str] | None) -> list[str]:
+    fp32 = measurements.get(FP32)
+    head = (
+        "| precision | size MB | accuracy % | drop vs FP32 pp [95% CI] | McNemar p | flip rate % | mean KL | median ms "
+        "| latency ratio [95% CI] |"
+    )
+    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for name, m in measurements.items():
+        stats = compare(m, reference[0]) if reference else None
+        ratio = latency_ratio(m.latencies_s, fp32.latencies_s) if fp32 and m.latencies_s and fp32.latencies_s else None
+        cells = [
+            name,
+            f"{m.size_mb:.2f}",
+            f"{m.accuracy * 100:.2f}",
+            f"{stats.accuracy_drop_pp:.2f} [{stats.accuracy_drop_ci95[0]:.2f}, {stats.accuracy_drop_ci95[1]:.2f}]" if stats else "n/a",
+            f"{stats.mcnemar_p:.3g}" if stats else "n/a",
+            f"{stats.flip_rate * 100:.2f}" if stats else "n/a",
+            f"{stats.kl_mean:.4f}" if stats else "n/a",
+            f"{m.latency.median_ms:.2f}" if m.latency else "n/a",
+            f"{ratio.ratio:.2f} [{ratio.ci95[0]:.2f}, {ratio.ci95[1]:.2f}]" if ratio else "n/a",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    if reference:
+        rows += ["", f"Paired statistics against {reference[1]}."]
+    return rows
+
+
+def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _size_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
+    figure, axes = _figure()
+    names = list(measurements)
+    bars = axes.bar(names, [m.size_mb for m in measurements.values()], color="#4c72b0")
+    axes.bar_label(bars, fmt="%.2f")
+    axes.set_ylabel("model size (MB, state dict)")
+    axes.set_title("Model size by precision")
+    axes.tick_params(axis="x", labelrotation=20)
+    return _save(figure, directory / "size.png")
+
+
+def _accuracy_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
+    figure, axes = _figure()
+    names = list(measurements)
+    accuracy = [m.accuracy * 100 for m in measurements.values()]
+    low, high = zip(*(wilson_interval(m.accuracy, len(m.labels)) for m in measurements.values()), strict=True)
+    errors = [[a - lo * 100 for a, lo in zip(accuracy, low, strict=True)], [hi * 100 - a for a, hi in zip(accuracy, high, strict=True)]]
+    axes.bar(names, accuracy, yerr=errors, capsize=5, color="#55a868")
+    for x, value in enumerate(accuracy):
+        axes.annotate(f"{value:.2f}", (x, value), xytext=(8, 3), textcoords="offset points", fontsize=8)
+    axes.set_ylim(max(0.0, min(low) * 100 - 5), max(high) * 100 + 5)  # headroom for the labels above 100%
+    n = len(next(iter(measurements.values())).labels)
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"Accuracy by precision, 95% Wilson interval, n = {n}")
+    axes.tick_params(axis="x", labelrotation=20)
+    return _save(figure, directory / "accuracy.png")
+
+
+def _latency_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
+    figure, axes = _figure(8.0, 4.5)
+    timed = {name: [s * 1000 for s in m.latencies_s] for name, m in measurements.items() if m.latencies_s}
+    axes.boxplot(list(timed.values()), tick_labels=list(timed), showfliers=True, flierprops={"markersize": 2})
+    axes.set_ylabel("latency per sample (ms, batch size 1)")
+    axes.set_title("Latency distribution by precision (same run)")
+    axes.tick_params(axis="x", labelrotation=20)
+    return _save(figure, directory / "latency.png")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, format="png")
+    temporary.replace(path)
+    return path
+
+
+def wilson_interval(share: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

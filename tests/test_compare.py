@@ -1,0 +1,230 @@
+"""`quantreg compare`, the CI recipe (scripts/compare-commits.sh) and --quantreg-report, run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINE = textwrap.dedent(
+    """
+    import os
+    import torch
+
+    def _mine(ctx):
+        # "our quantization recipe": clean on one commit, broken (classifier flipped) on the other
+        model = ctx.load()
+        if os.environ.get("MINE_BROKEN") or {broken}:
+            with torch.no_grad():
+                model.classifier.weight.neg_()
+                model.classifier.bias.neg_()
+        return model
+
+    def pytest_quantreg_precisions(registry):
+        registry.register("mine", _mine, devices=["cpu"], max_drop=100.0)
+    """
+)
+
+
+def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest_quantreg", "compare", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture
+def project(quantreg_pytester: pytest.Pytester) -> pytest.Pytester:
+    """The tiny project with the "mine" precision and a recorded FP32 baseline."""
+    quantreg_pytester.makeconftest(MINE.format(broken=False))
+    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    return quantreg_pytester
+
+
+def run_suite(project: pytest.Pytester, output: str, broken: bool = False, *args: str) -> None:
+    os.environ.pop("MINE_BROKEN", None)
+    if broken:
+        os.environ["MINE_BROKEN"] = "1"
+    try:
+        project.runpytest("--precision=fp32,int8,mine", f"--benchmark-json={output}", *args)
+    finally:
+        os.environ.pop("MINE_BROKEN", None)
+    assert (project.path / output).is_file()
+
+
+def test_clean_runs_pass_and_a_broken_precision_fails(project: pytest.Pytester) -> None:
+    run_suite(project, "clean1.json")
+    run_suite(project, "clean2.json")
+    run_suite(project, "broken.json", broken=True)
+
+    same = compare("clean1.json", "clean2.json", cwd=project.path)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "no regression" in same.stdout
+    assert "int8-dynamic | cpu    | 95.00 → 95.00" in same.stdout
+
+    broken = compare("clean1.json", "broken.json", cwd=project.path)
+    assert broken.returncode == 1
+    assert "REGRESSION mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp)" in broken.stdout
+    assert "REGRESSION fp32" not in broken.stdout
+    assert "REGRESSION int8" not in broken.stdout
+
+    markdown = compare("clean1.json", "broken.json", "--markdown", "--fail-on", "flip-rate=2", cwd=project.path)
+    assert markdown.returncode == 1
+    assert markdown.stdout.startswith("## pytest-quantreg comparison\n\n**2 regression(s)**")
+    assert "| precision | device | accuracy % |" in markdown.stdout
+    assert "| mine | cpu | 100.00 → 0.00 | 0.00 → 100.00 | 0.00 → 100.00 |" in markdown.stdout
+    assert "- :x: mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp)\n" in markdown.stdout
+    assert "- :x: mine (cpu): flip rate 0.00% -> 100.00% (+100.00 pp > 2 pp)\n" in markdown.stdout
+
+    as_json = json.loads(compare("clean1.json", "broken.json", "--json", cwd=project.path).stdout)
+    assert [row["precision"] for row in as_json["rows"]] == ["fp32", "int8-dynamic", "mine"]
+    assert as_json["rows"][2]["head"]["accuracy"] == 0.0
+    assert len(as_json["regressions"]) == 1
+
+    loose = compare("clean1.json", "broken.json", "--fail-on", "accuracy-drop=100", cwd=project.path)
+    assert loose.returncode == 0  # thresholds are options: 100 points allowed, nothing fails
+
+
+def test_latency_and_size_thresholds_and_fractions(project: pytest.Pytester) -> None:
+    run_suite(project, "a.json")
+    data = json.loads((project.path / "a.json").read_text())  # HEAD: the same run, edited
+    for bench in data["benchmarks"]:
+        if bench["extra_info"]["precision"] == "int8-dynamic":
+            bench["extra_info"]["latency_ratio"] *= 1.5  # HEAD's int8 got 50% slower relative to FP32
+            bench["extra_info"]["size_mb"] *= 1.02
+    (project.path / "b.json").write_text(json.dumps(data))
+    result = compare("a.json", "b.json", "--fail-on", "latency=0.1", "--fail-on", "size=1%", cwd=project.path)
+    assert result.returncode == 1
+    assert "REGRESSION int8-dynamic (cpu): latency ratio to FP32" in result.stdout
+    assert "(+50.0% > 10.0%)" in result.stdout
+    assert "(+2.0% > 1.0%)" in result.stdout
+    assert compare("a.json", "b.json", "--fail-on", "latency=60%", "--fail-on", "size=0.05", cwd=project.path).returncode == 0
+
+
+def test_saved_runs_by_id_and_pytest_benchmark_compare_still_reads_them(project: pytest.Pytester) -> None:
+    for _ in range(2):
+        project.runpytest("--precision=fp32,int8", "--benchmark-autosave", "--benchmark-storage=file://./.benchmarks")
+    saved = sorted((project.path / ".benchmarks").rglob("*.json"))
+    assert [p.name[:4] for p in saved] == ["0001", "0002"]
+    by_id = compare("0001", "0002", cwd=project.path)
+    assert by_id.returncode == 0, by_id.stderr
+    theirs = subprocess.run(
+        [Path(sys.executable).parent / "pytest-benchmark", "--storage", "file://./.benchmarks", "compare", "0001", "0002"],
+        cwd=project.path,
+        capture_output=True,
+        text=True,
+    )
+    assert theirs.returncode == 0, theirs.stderr
+    assert "test_latency[int8-dynamic]" in theirs.stdout
+    assert "test_latency[fp32]" in theirs.stdout
+
+
+def quantreg_run(model: str, precision: str = "fp32") -> dict[str, object]:
+    info = {"precision": precision, "model": model, "dataset_sha256": "d" * 64, "device": "cpu", "accuracy": 0.9, "size_mb": 1.0}
+    return {"name": f"test_accuracy[{precision}]", "stats": {"median": 0.01}, "extra_info": info}
+
+
+@pytest.mark.parametrize(
+    ("base", "head", "args", "message"),
+    [
+        (None, None, [], "'missing.json' is neither a file nor a run saved under .benchmarks"),
+        ("{not json", None, [], "base.json is not readable JSON"),
+        ({"runs": []}, None, [], "base.json is not a pytest-benchmark JSON file (no 'benchmarks' list)"),
+        ({"benchmarks": [{"name": "test_sum", "stats": {}}]}, None, [], "base.json holds no quantreg benchmarks"),
+        (
+            {"benchmarks": [quantreg_run("model-a")]},
+            {"benchmarks": [quantreg_run("model-b")]},
+            [],
+            "no common benchmarks: BASE has model-a on cpu (fp32), HEAD has model-b on cpu (fp32)",
+        ),
+        ({"benchmarks": [quantreg_run("m")]}, {"benchmarks": [quantreg_run("m")]}, ["--fail-on", "speed=1"], "--fail-on 'speed=1'"),
+        ({"benchmarks": [quantreg_run("m")]}, {"benchmarks": [quantreg_run("m")]}, ["--fail-on", "size=-1%"], "not a non-negative number"),
+    ],
+)
+def test_bad_input_exits_2_with_the_reason(tmp_path: Path, base: object, head: object, args: list[str], message: str) -> None:
+    names = []
+    for name, content in (("base.json", base), ("head.json", head or {"benchmarks": [quantreg_run("m")]})):
+        if content is not None:
+            (tmp_path / name).write_text(content if isinstance(content, str) else json.dumps(content))
+        names.append(name if content is not None else "missing.json")
+    result = compare(*names, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_runs_of_other_precisions_and_machines_are_reported_not_compared(tmp_path: Path) -> None:
+    base = {"machine_info": {"node": "ci-1"}, "benchmarks": [quantreg_run("m"), quantreg_run("m", "fp16")]}
+    head = {"machine_info": {"node": "ci-2"}, "benchmarks": [quantreg_run("m"), quantreg_run("m", "int8-dynamic")]}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "head.json").write_text(json.dumps(head))
+    result = compare("base.json", "head.json", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "note: different machines (BASE ci-1 / ?, HEAD ci-2 / ?): absolute latencies are shown, not judged" in result.stdout
+    assert "note: fp16 (cpu, m) is only in BASE: not compared" in result.stdout
+    assert "note: int8-dynamic (cpu, m) is only in HEAD: not compared" in result.stdout
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
+    """The workflow's step, scripts/compare-commits.sh, on a clean and a broken commit."""
+    git(project.path, "init", "-q")
+    git(project.path, "add", "-A")
+    git(project.path, "commit", "-qm", "clean")
+    (project.path / "conftest.py").write_text(MINE.format(broken=True))
+    git(project.path, "commit", "-qam", "new recipe")
+    env = {**os.environ, "QUANTREG_PYTHON": sys.executable}
+    script = str(REPO / "scripts" / "compare-commits.sh")
+
+    def recipe(base: str, head: str) -> subprocess.CompletedProcess[str]:
+        command = ["bash", script, base, head, "--precision=fp32,mine", "-p", "no:cacheprovider"]
+        return subprocess.run(command, cwd=project.path, env=env, capture_output=True, text=True)
+
+    broken = recipe("HEAD~1", "HEAD")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "REGRESSION mine (cpu): accuracy 100.00% -> 0.00%" in broken.stdout
+    summary = (project.path / "quantreg-compare" / "compare.md").read_text()
+    assert "**1 regression(s)**" in summary
+    clean = recipe("HEAD~1", "HEAD~1")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no regression" in clean.stdout
+    workflow = (REPO / ".github" / "workflows" / "quantreg-compare.yml").read_text()
+    assert "bash scripts/compare-commits.sh" in workflow
+    assert "quantreg-compare/compare.md" in workflow
+
+
+def test_report_writes_markdown_and_charts(project: pytest.Pytester) -> None:
+    pytest.importorskip("matplotlib")
+    project.runpytest("--precision=fp32,int8", "--quantreg-report=out").assert_outcomes(passed=4)
+    report = (project.path / "out" / "report.md").read_text()
+    assert report.startswith("# Quantization Comparison Summary: tiny-model")
+    assert "| int8-dynamic | " in report
+    for chart in ("size.png", "accuracy.png", "latency.png"):
+        assert f"![{chart[:-4]}]({chart})" in report
+        data = (project.path / "out" / chart).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert len(data) > 5000
+
+
+def test_report_without_matplotlib_says_what_to_install(project: pytest.Pytester) -> None:
+    blocker = project.mkdir("blocker") / "matplotlib"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('matplotlib is broken here')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--precision=fp32", "--quantreg-report=out", "-p", "no:cacheprovider"],
+        cwd=project.path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "--quantreg-report needs matplotlib, which fails to load (ImportError: matplotlib is broken here); " in result.stderr
+    assert "install it with pip install 'pytest-quantreg[report]'" in result.stderr
+    assert "Traceback" not in result.stderr
