@@ -47,6 +47,8 @@ def write_report(
     charts = [_size_chart(directory, measurements), _accuracy_chart(directory, measurements)]
     if any(m.latencies_s for m in measurements.values()):
         charts.append(_latency_chart(directory, measurements))
+    else:  # an untimed run (--benchmark-disable): no chart, and none left from an earlier run
+        (directory / "latency.png").unlink(missing_ok=True)
     lines = [f"# {title}", "", *(f"- {line}" for line in header), "", *_table(measurements, reference), ""]
     lines += [f"![{path.stem}]({path.name})" for path in charts]
     report = directory / "report.md"
