@@ -7,7 +7,10 @@ model.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -73,10 +76,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _resolve_device(settings: options.Settings) -> options.Settings:
     """Turn ``auto`` into cpu or cuda; refuse a CUDA device this machine does not have."""
-    if settings.device == "cpu":
-        return settings
     import dataclasses
 
+    if settings.device == "cpu":
+        return settings
+    if settings.device == "auto" and not _gpu_build():
+        return dataclasses.replace(settings, device="cpu")  # torch not imported: collection stays fast
     import torch
 
     available = torch.cuda.is_available()
@@ -93,6 +98,19 @@ def _resolve_device(settings: options.Settings) -> options.Settings:
             f"--device={settings.device}: this machine has {torch.cuda.device_count()} CUDA device(s), 0 to {torch.cuda.device_count() - 1}"
         )
     return dataclasses.replace(settings, device=f"cuda:{index}")
+
+
+def _gpu_build() -> bool:
+    """Whether the installed torch is built for a GPU, read from its version file without importing
+    torch (seconds); False for a CPU build (``cuda`` and ``hip`` both None) or no torch at all."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    try:
+        text = (Path(next(iter(spec.submodule_search_locations))) / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return True  # cannot tell: let torch answer
+    return not all(re.search(rf"^{name}\b[^=]*=\s*None\s*$", text, re.MULTILINE) for name in ("cuda", "hip"))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

@@ -532,3 +532,27 @@ def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: p
     assert len(by_precision["int4-nf4"]["layers"]) == 14
     assert by_precision["fp32"]["layers"][0]["snr_db"] is None  # exact: infinite SNR
     assert by_precision["int4-nf4"]["layers"][0]["storage"] == "bitsandbytes nf4 block 64"
+
+
+def test_collect_only_on_a_cpu_build_does_not_import_torch(quantreg_pytester: pytest.Pytester) -> None:
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.version.cuda is not None or torch.version.hip is not None:
+        pytest.skip("a GPU build of torch: --device=auto must ask torch whether a GPU is there")
+    quantreg_pytester.makeconftest(
+        """
+        import sys
+        from pathlib import Path
+
+        def pytest_collection_finish(session):
+            Path("torch-imported.txt").write_text(str("torch" in sys.modules))
+        """
+    )
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "--device=auto", "--precision=all", "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=quantreg_pytester.path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "14 tests collected" in result.stdout
+    assert (quantreg_pytester.path / "torch-imported.txt").read_text() == "False"
