@@ -225,10 +225,6 @@ def _limits(config: pytest.Config, gate: Gate) -> Limits:
     )
 
 
-def gate(key: str) -> Gate:
-    return next(g for g in GATES if g.key == key)
-
-
 def parse_thresholds(gate: Gate, value: str) -> dict[str, float]:
     """``1.5`` -> every precision (key ``*``); ``int8=1.5,fp16=0.5`` -> per precision."""
     limits: dict[str, float] = {}

@@ -74,10 +74,10 @@ def summary_table(measurements: dict[str, Measurement], reference: Reference | N
     add("median latency (ms)", lat("median_ms"), lat_rel("median_ms"))
     add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
     if fp32 is not None:
-        add("latency ratio [95% CI]", lambda m: _ratio(m, fp32), lambda m, f: "")
+        add("latency ratio [95% CI]", lambda m: ratio_cell(m, fp32), lambda m, f: "")
     if reference is not None:
         stats = {n: compare(measurements[n], reference) for n in names}
-        for metric, cell in _STATISTICS:
+        for metric, cell in STATISTICS:
             add(metric, lambda m, cell=cell: cell(stats[m.precision]), lambda m, f: "")
     table = [["metric", *columns], *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -86,7 +86,7 @@ def summary_table(measurements: dict[str, Measurement], reference: Reference | N
     ]
 
 
-_STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
+STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
     ("drop vs FP32 [95% CI] (pp)", lambda a: f"{a.accuracy_drop_pp:.2f} [{a.accuracy_drop_ci95[0]:.2f}, {a.accuracy_drop_ci95[1]:.2f}]"),
     ("McNemar p (exact)", lambda a: f"{a.mcnemar_p:.3g}"),
     ("flip rate vs FP32 (%)", lambda a: f"{a.flip_rate * 100:.2f}"),
@@ -95,7 +95,8 @@ _STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
 ]
 
 
-def _ratio(measurement: Measurement, fp32: Measurement) -> str:
+def ratio_cell(measurement: Measurement, fp32: Measurement) -> str:
+    """The latency ratio to FP32 with its 95% interval, as a table cell."""
     if not measurement.latencies_s or not fp32.latencies_s:
         return "n/a"
     ratio = latency_ratio(measurement.latencies_s, fp32.latencies_s)

@@ -16,7 +16,8 @@ from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_text
 from pytest_quantreg.gates import FP32
-from pytest_quantreg.stats import Reference, compare, latency_ratio
+from pytest_quantreg.report import STATISTICS, ratio_cell
+from pytest_quantreg.stats import Reference, compare
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,26 +58,17 @@ def write_report(
 
 
 def _table(measurements: dict[str, Measurement], reference: tuple[Reference, str] | None) -> list[str]:
+    """The terminal summary's statistics as a Markdown table, one row per precision."""
     fp32 = measurements.get(FP32)
-    head = (
-        "| precision | size MB | accuracy % | drop vs FP32 pp [95% CI] | McNemar p | flip rate % | mean KL | median ms "
-        "| latency ratio [95% CI] |"
-    )
-    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    columns = ["precision", "size MB", "accuracy %", "median ms", "latency ratio [95% CI]"]
+    columns += [metric for metric, _ in STATISTICS] if reference else []
+    rows = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]  # "|x|" would split a cell
     for name, m in measurements.items():
-        stats = compare(m, reference[0]) if reference else None
-        ratio = latency_ratio(m.latencies_s, fp32.latencies_s) if fp32 and m.latencies_s and fp32.latencies_s else None
-        cells = [
-            name,
-            f"{m.size_mb:.2f}",
-            f"{m.accuracy * 100:.2f}",
-            f"{stats.accuracy_drop_pp:.2f} [{stats.accuracy_drop_ci95[0]:.2f}, {stats.accuracy_drop_ci95[1]:.2f}]" if stats else "n/a",
-            f"{stats.mcnemar_p:.3g}" if stats else "n/a",
-            f"{stats.flip_rate * 100:.2f}" if stats else "n/a",
-            f"{stats.kl_mean:.4f}" if stats else "n/a",
-            f"{m.latency.median_ms:.2f}" if m.latency else "n/a",
-            f"{ratio.ratio:.2f} [{ratio.ci95[0]:.2f}, {ratio.ci95[1]:.2f}]" if ratio else "n/a",
-        ]
+        cells = [name, f"{m.size_mb:.2f}", f"{m.accuracy * 100:.2f}", f"{m.latency.median_ms:.2f}" if m.latency else "n/a"]
+        cells.append(ratio_cell(m, fp32) if fp32 is not None else "n/a")
+        if reference:
+            stats = compare(m, reference[0])
+            cells += [cell(stats) for _, cell in STATISTICS]
         rows.append("| " + " | ".join(cells) + " |")
     if reference:
         rows += ["", f"Paired statistics against {reference[1]}."]

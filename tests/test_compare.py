@@ -205,6 +205,8 @@ def test_report_writes_markdown_and_charts(project: pytest.Pytester) -> None:
     report = (project.path / "out" / "report.md").read_text()
     assert report.startswith("# Quantization Comparison Summary: tiny-model")
     assert "| int8-dynamic | " in report
+    header = next(line for line in report.splitlines() if line.startswith("| precision |"))
+    assert header.replace("\\|", "").count("|") == 11  # 10 columns: a "|" inside a name is escaped
     for chart in ("size.png", "accuracy.png", "latency.png"):
         assert f"![{chart[:-4]}]({chart})" in report
         data = (project.path / "out" / chart).read_bytes()
