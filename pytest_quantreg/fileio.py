@@ -30,6 +30,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def check_writable(folder: Path, option: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, before any work is done;
+    ``QuantregError`` naming ``option`` otherwise."""
+    from pytest_quantreg.errors import QuantregError
+
+    if folder.exists() and not folder.is_dir():
+        raise QuantregError(f"{option}: cannot write into {folder}, a file, not a folder; choose another folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".quantreg-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise QuantregError(f"{option}: cannot write into {folder} ({exc.strerror}); make it writable or choose another folder") from None
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes."""
     h = hashlib.sha256()

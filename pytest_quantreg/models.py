@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -57,8 +58,12 @@ def known_noise_filtered() -> Iterator[None]:
         yield
 
 
-def check_model_dir(path: Path) -> None:
-    """Fail with the fix when ``path`` is not a loadable classifier folder."""
+TRUST_FLAG = "--quantreg-trust-remote-code"
+
+
+def check_model_dir(path: Path, *, trust_remote_code: bool = False, classifier: bool = True) -> dict[str, Any]:
+    """Fail with the fix when ``path`` is not a loadable (``classifier``: sequence classifier) folder
+    or would run code of its own without ``trust_remote_code``; return its config.json."""
     if not path.is_dir():
         raise QuantregError(f"model folder {path} does not exist; pass a local folder written by save_pretrained")
     if not (path / "config.json").is_file():
@@ -70,41 +75,59 @@ def check_model_dir(path: Path) -> None:
         )
     if not any((path / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json")):
         raise QuantregError(f"model folder {path} has no tokenizer files; save the tokenizer there with `tokenizer.save_pretrained(path)`")
+    config = read_config(path)
+    if config.get("auto_map") and not trust_remote_code:
+        raise QuantregError(
+            f"model folder {path} ships Python code of its own (auto_map: {', '.join(sorted(config['auto_map']))}), "
+            f"which pytest-quantreg never runs unless asked; read that code, then pass {TRUST_FLAG}"
+        )
+    archs = config.get("architectures") or []
+    if classifier and archs and not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise QuantregError(
+            f"model in {path} is a {', '.join(map(str, archs))}, not a sequence classifier; "
+            "pass a folder saved from an AutoModelForSequenceClassification"
+        )
+    return config
 
 
-def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+def read_config(path: Path) -> dict[str, Any]:
+    """The model folder's config.json as a dict, or a ``QuantregError`` naming the problem."""
+    config_file = path / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise QuantregError(f"cannot read {config_file}: {exc}; pass a folder written by save_pretrained") from None
+    if not isinstance(config, dict):
+        raise QuantregError(f"{config_file} is not a JSON object; pass a folder written by save_pretrained")
+    return config
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``path``, loaded without any network access."""
     from transformers import AutoTokenizer
 
-    check_model_dir(path)
+    check_model_dir(path, trust_remote_code=trust_remote_code, classifier=False)
     with quiet_transformers():
         try:
-            return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             raise QuantregError(f"cannot load the tokenizer in {path}: {exc}") from None
 
 
-def load_classifier(path: Path, new_head: bool = False, **kwargs: Any) -> PreTrainedModel:
+def load_classifier(path: Path, new_head: bool = False, trust_remote_code: bool = False, **kwargs: Any) -> PreTrainedModel:
     """A sequence classifier from ``path``, in eval mode, loaded offline from safetensors.
 
     ``new_head`` allows a bare encoder and gives it a freshly initialised classification head.
+    The folder's own code (``auto_map``) runs only with ``trust_remote_code``.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    check_model_dir(path)
+    check_model_dir(path, trust_remote_code=trust_remote_code, classifier=not new_head)
     with quiet_transformers():
         try:
-            config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise QuantregError(f"cannot read the model config in {path}: {exc}") from None
-        archs = config.architectures or []
-        if archs and not new_head and not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise QuantregError(
-                f"model in {path} is a {', '.join(archs)}, not a sequence classifier; "
-                "pass a folder saved from an AutoModelForSequenceClassification"
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, **kwargs
             )
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise QuantregError(f"cannot load the model in {path}: {exc}") from None
     model.eval()

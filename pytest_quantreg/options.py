@@ -71,6 +71,11 @@ _FLAGS: list[tuple[str, str, str]] = [
         "quantreg_update_baselines",
         "Record missing FP32 baselines and refresh existing ones (the only way a baseline is written)",
     ),
+    (
+        "--quantreg-trust-remote-code",
+        "quantreg_trust_remote_code",
+        "Allow a model folder's own Python code (auto_map) to run when it loads; off unless given (read that code first)",
+    ),
 ]
 
 
@@ -169,6 +174,7 @@ class Settings:
     warmup: int
     baseline_dir: Path
     update_baselines: bool
+    trust_remote_code: bool
     weights_report: Path | None
     report_dir: Path | None
     limits: dict[str, Limits]
@@ -193,8 +199,11 @@ def resolve(config: pytest.Config) -> Settings:
         value = get(ini)
         return (config.invocation_params.dir / value).resolve() if value else None
 
+    def flag(ini: str) -> bool:
+        value = config.getoption(ini)
+        return bool(value if value is not None else config.getini(ini))
+
     try:
-        update = config.getoption("quantreg_update_baselines")
         return Settings(
             precision=get("quantreg_precision"),
             device=_device(get("quantreg_device")),
@@ -207,7 +216,8 @@ def resolve(config: pytest.Config) -> Settings:
             max_length=_integer("--quantreg-max-length", get("quantreg_max_length"), minimum=8),
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
-            update_baselines=bool(update if update is not None else config.getini("quantreg_update_baselines")),
+            update_baselines=flag("quantreg_update_baselines"),
+            trust_remote_code=flag("quantreg_trust_remote_code"),
             weights_report=path("quantreg_weights_report"),
             report_dir=path("quantreg_report"),
             limits={gate.key: _limits(config, gate) for gate in GATES},

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_quantreg import hooks, options
+from pytest_quantreg import hooks, options, xdist
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency
@@ -63,15 +63,37 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = settings.with_canonical_limits(lambda name: registry.canonical(name, settings.device_type))
         run = QuantregRun(settings=settings, registry=registry, selected=registry.select(settings.precision, settings.device_type))
         if settings.model is not None:
-            check_model_dir(settings.model)
-        if settings.report_dir is not None:
-            from pytest_quantreg.report_files import check_available
-
-            check_available()
+            _check_max_length(settings, check_model_dir(settings.model, trust_remote_code=settings.trust_remote_code))
+        _check_outputs(settings)
         run.sample  # noqa: B018 -- reads and checks the data set and the sample size now, not mid-run
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[RUN] = run
+
+
+def _check_max_length(settings: options.Settings, config: Mapping[str, Any]) -> None:
+    """Texts are truncated to --quantreg-max-length tokens: no more than the model has positions for."""
+    positions = config.get("max_position_embeddings")
+    if isinstance(positions, int) and settings.max_length > positions:
+        raise QuantregError(
+            f"--quantreg-max-length={settings.max_length} is more tokens than the model in {settings.model} has positions for "
+            f"(max_position_embeddings {positions}); use --quantreg-max-length={positions} or less"
+        )
+
+
+def _check_outputs(settings: options.Settings) -> None:
+    """Every file this run was asked to write can be written: found out now, not after the tests."""
+    from pytest_quantreg.fileio import check_writable
+
+    if settings.update_baselines:
+        check_writable(settings.baseline_dir, "--quantreg-baseline-dir")
+    if settings.weights_report is not None:
+        check_writable(settings.weights_report.parent, "--quantreg-weights-report")
+    if settings.report_dir is not None:
+        from pytest_quantreg.report_files import check_available
+
+        check_available()
+        check_writable(settings.report_dir, "--quantreg-report")
 
 
 def _resolve_device(settings: options.Settings) -> options.Settings:
@@ -203,7 +225,13 @@ def quantreg_model(quantreg_run: QuantregRun, quantreg_precision: str) -> Iterat
 
 
 def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Module]:
-    """Build the model (and its weight report when asked), hand it out, then free its memory."""
+    """Build the model (and its weight report when asked), hand it out, then free its memory.
+
+    A precision whose libraries are installed but fail to import is skipped with the reason."""
+    problem = run.registry[precision].import_problem()
+    if problem:
+        run.skipped[precision] = problem
+        pytest.skip(problem)
     model = _user_errors(lambda: run.build(run.registry[precision]))
     if run.settings.weights_report is not None:
         run.weight_report(precision, model)
@@ -274,6 +302,11 @@ class Quantreg:
     def check_latency(self) -> LatencyRatio:
         """Fail when the latency ratio to FP32 (same run) is above the limit beyond noise; return it."""
         __tracebackhide__ = True
+        if xdist.is_worker(self._request.config):
+            pytest.skip(
+                f"latency gate for {self.precision} not judged under pytest-xdist: pytest-benchmark does not time in workers "
+                "and parallel workers share the CPU; run the latency tests without -n (e.g. pytest -k latency)"
+            )
         result = self.measure(timed=True)
         untimed = self.precision == FP32 or result.latency is None  # nothing to compare against
         reference = result if untimed else _user_errors(lambda: self._run.fp32_reference(timed=True))
@@ -340,10 +373,24 @@ def _user_errors_or_none(call: Any) -> Any:
 # -- reporting -------------------------------------------------------------------------------------
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist controller: take in what a finished worker measured."""
+    run = node.config.stash.get(RUN, None)
+    output = getattr(node, "workeroutput", {}).get(xdist.KEY)
+    if run is not None and output is not None:
+        xdist.merge(run, output)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the files asked for: the weight report JSON and the Markdown report with charts."""
+    """Write the files asked for: the weight report JSON and the Markdown report with charts.
+
+    A pytest-xdist worker sends its results to the controller instead, which writes them."""
     run = session.config.stash.get(RUN, None)
     if run is None:
+        return
+    if xdist.is_worker(session.config):
+        session.config.workeroutput[xdist.KEY] = xdist.worker_output(run)  # type: ignore[attr-defined]
         return
     path = run.settings.weights_report
     if path is not None and run.weight_reports:
@@ -390,3 +437,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")
+    if terminalreporter.stats.get("skipped") and not any(n in run.measurements for n in run.selected if n != FP32):
+        quantized = [n for n in run.selected if n != FP32]
+        if quantized:
+            terminalreporter.write_line(
+                f"quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {', '.join(quantized)} was skipped (reasons above); "
+                "this run says nothing about them",
+                red=True,
+                bold=True,
+            )

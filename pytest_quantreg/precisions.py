@@ -7,6 +7,7 @@ A precision turns a model folder into a model on a device. Built-ins cover the s
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -29,10 +30,12 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a build function gets: the FP32 model folder and the target device."""
+    """What a build function gets: the FP32 model folder, the target device, and whether the
+    folder's own code may run (``--quantreg-trust-remote-code``)."""
 
     model_dir: Path
     device: str
+    trust_remote_code: bool = False
 
     def load(self, **kwargs: Any) -> torch.nn.Module:
         """Load the model folder (offline, safetensors) with extra ``from_pretrained`` arguments.
@@ -41,7 +44,7 @@ class BuildContext:
         """
         from pytest_quantreg.models import load_classifier
 
-        model: torch.nn.Module = load_classifier(self.model_dir, **kwargs)
+        model: torch.nn.Module = load_classifier(self.model_dir, trust_remote_code=self.trust_remote_code, **kwargs)
         return model if "device_map" in kwargs else model.to(self.device)
 
 
@@ -69,6 +72,18 @@ class Precision:
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
                 return f"{self.name} needs the '{module}' package, which is not installed (`pip install {module}`)"
+        return None
+
+    def import_problem(self) -> str | None:
+        """Why a required library that is installed cannot be imported, or None when all import."""
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # a broken install fails in many ways (ImportError, OSError, RuntimeError)
+                return (
+                    f"{self.name} needs '{module}', which is installed but fails to import ({type(exc).__name__}: {exc}); "
+                    f"reinstall it (`pip install --force-reinstall {module}`) or leave {self.name} out of --precision"
+                )
         return None
 
     def default_limit(self, key: str, device_type: str) -> float | None:

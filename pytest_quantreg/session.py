@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,11 +67,9 @@ class QuantregRun:
         """Label names by id: the example's are known; a user model's come from its config.json."""
         if self.settings.model is None:
             return EMBEDDED_LABELS
-        config_file = self.model_dir / "config.json"
-        try:
-            config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise QuantregError(f"cannot read {config_file}: {exc}; pass a folder written by save_pretrained") from None
+        from pytest_quantreg.models import read_config
+
+        config = read_config(self.model_dir)
         id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
         return tuple(str(id2label[str(i)]) for i in range(len(id2label)))
 
@@ -102,7 +99,7 @@ class QuantregRun:
     def inputs(self) -> Inputs:
         from pytest_quantreg.models import load_tokenizer
 
-        return tokenize(load_tokenizer(self.model_dir), self.sample, self.settings.max_length)
+        return tokenize(load_tokenizer(self.model_dir, self.settings.trust_remote_code), self.sample, self.settings.max_length)
 
     @functools.cached_property
     def provenance(self) -> baselines.Provenance:
@@ -129,7 +126,7 @@ class QuantregRun:
         from pytest_quantreg.models import known_noise_filtered
 
         with known_noise_filtered():
-            return precision.build(BuildContext(self.model_dir, self.device))
+            return precision.build(BuildContext(self.model_dir, self.device, self.settings.trust_remote_code))
 
     def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
         """Measure ``model`` once per session; measure again only when a timed pass is asked of an untimed one."""

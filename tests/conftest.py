@@ -105,6 +105,7 @@ def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, ti
             quantreg_dataset = {tiny_dataset}
             quantreg_device = cpu
             quantreg_warmup = 1
+            quantreg_max_length = 64
             quantreg_max_drop = int8-dynamic=25
             quantreg_max_latency_ratio = 1000
             """

@@ -117,61 +117,6 @@ def test_ini_selects_precisions_and_command_line_wins(quantreg_pytester: pytest.
     assert "[bf16]" not in result.stdout.str()
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (
-            ["--precision=int9"],
-            "unknown precision 'int9'; valid names: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, int8, int4, all",
-        ),
-        (["--precision=,"], "no precision selected"),
-        (["--device=gpu"], "--device: 'gpu' is not a device; use cpu, cuda, cuda:N"),
-        (["--quantreg-samples=0"], "sample count must be at least 1"),
-        (["--quantreg-samples=1.5"], "sample fraction must be above 0 and at most 1"),
-        (["--quantreg-samples=lots"], "cannot read sample size 'lots'"),
-        (["--quantreg-seed=-1"], "--quantreg-seed: -1 is below the minimum 0"),
-        (["--quantreg-warmup=x"], "--quantreg-warmup: 'x' is not a whole number"),
-        (["--quantreg-max-drop=-1"], "--quantreg-max-drop: '-1' is not a non-negative number"),
-        (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
-        (["--quantreg-max-latency-ratio=int8=fast"], "--quantreg-max-latency-ratio: 'fast' is not a non-negative number"),
-        (["--quantreg-max-drop=int9=1"], "unknown precision 'int9'; valid names: fp32"),
-        (["--quantreg-alpha=0"], "--quantreg-alpha: '0' is out of range; use a number above 0 to 0.5"),
-        (["--quantreg-alpha=int8=0.9"], "--quantreg-alpha: '0.9' is out of range; use a number above 0 to 0.5"),
-        (["--quantreg-min-relative-accuracy=101"], "--quantreg-min-relative-accuracy: '101' is out of range; use a number from 0 to 100"),
-        (["--quantreg-max-flip-rate=inf"], "--quantreg-max-flip-rate: 'inf' is not a non-negative number"),
-        (["--quantreg-max-kl=fp16=-0.1"], "--quantreg-max-kl: '-0.1' is not a non-negative number"),
-    ],
-)
-def test_bad_option_is_a_usage_error(quantreg_pytester: pytest.Pytester, args: list[str], message: str) -> None:
-    result = quantreg_pytester.runpytest(*args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert message in result.stderr.str()
-    assert "Traceback" not in result.stderr.str()
-
-
-@pytest.mark.parametrize(
-    ("files", "args", "message"),
-    [
-        ({}, ["--quantreg-model=nowhere"], "model folder {path}/nowhere does not exist; pass a local folder written by save_pretrained"),
-        ({"m/config.json": "{}"}, ["--quantreg-model=m"], "model folder {path}/m has no .safetensors weights"),
-        ({"d.csv": "text,label\nhi,neutral\n"}, ["--quantreg-dataset=d.csv"], "d.csv, row 2: label 'neutral' is unknown to the model"),
-        ({"d.csv": "body,label\nhi,1\n"}, ["--quantreg-dataset=d.csv"], "d.csv, row 2: no column 'text' (found: body, label)"),
-        ({}, ["--quantreg-dataset=none.csv"], "data set file {path}/none.csv does not exist"),
-        ({}, ["--quantreg-samples=61"], "asked for 61 samples but the evaluation split has only 60"),
-    ],
-)
-def test_bad_model_or_data_is_a_usage_error(
-    quantreg_pytester: pytest.Pytester, files: dict[str, str], args: list[str], message: str
-) -> None:
-    for name, content in files.items():
-        (quantreg_pytester.path / name).parent.mkdir(exist_ok=True)
-        (quantreg_pytester.path / name).write_text(content)
-    result = quantreg_pytester.runpytest(*args)
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert message.format(path=quantreg_pytester.path) in result.stderr.str()
-    assert "Traceback" not in result.stderr.str()
-
-
 def test_cuda_on_a_machine_without_it_is_a_usage_error(quantreg_pytester: pytest.Pytester) -> None:
     import torch
 
