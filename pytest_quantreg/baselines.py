@@ -163,7 +163,8 @@ def write(path: Path, document: dict[str, Any]) -> str:
         atomic_write_json(path, document)
     except OSError as exc:
         raise QuantregError(
-            f"cannot write baseline {path}: {exc.strerror}; make {path.parent} writable or set --quantreg-baseline-dir"
+            f"cannot write baseline {path}: {exc.strerror}; it is left as it was. "
+            f"Free space in or make {path.parent} writable, or set --quantreg-baseline-dir"
         ) from None
     return "created" if old is None else "updated"
 
