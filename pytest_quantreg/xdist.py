@@ -45,6 +45,8 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
     for data in output.get("measurements", []):
         measurement = Measurement(**_tuples(data))
         run.measurements[measurement.precision] = measurement
+    order = {name: index for index, name in enumerate(run.selected)}  # the serial run's order, whichever worker finished first
+    run.measurements = dict(sorted(run.measurements.items(), key=lambda item: order.get(item[0], len(order))))
     run.skipped.update(output.get("skipped", {}))
     for outcome, path in output.get("written", []):
         if (outcome, Path(path)) not in run.written:

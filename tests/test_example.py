@@ -92,7 +92,7 @@ def test_interrupted_build_leaves_nothing_that_is_used(tmp_path: Path) -> None:
         time.sleep(0.2)
     time.sleep(3)  # inside the build now
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()  # reaps it and closes its pipes
     assert not list(tmp_path.glob("example-*/"))  # nothing in place
     stale = tmp_path / ".tmp-example-000000000000-1"
     stale.mkdir()
