@@ -1,4 +1,5 @@
-"""One measurement pass: warmup, then every sample once at batch size 1.
+"""One measurement pass: warmup, then every sample once at batch size 1 (untimed passes may use
+length-bucketed batches: ``--quantreg-batch-size``).
 
 The pass yields predictions, probabilities and per-sample latencies together, as in the seed's
 protocol. Timing comes from pytest-benchmark (``benchmark.pedantic``, one round per sample) when
@@ -23,11 +24,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Inputs:
-    """A tokenized sample: one encoding per example, batch size 1, no padding."""
+    """A tokenized sample: one encoding per example, batch size 1, no padding (``pad_id`` pads batches)."""
 
     ids: tuple[str, ...]
     labels: tuple[int, ...]
     encodings: tuple[dict[str, torch.Tensor], ...]
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -35,13 +37,13 @@ class Inputs:
     def to(self, device: torch.device | str) -> Inputs:
         if all(t.device == _as_device(device) for enc in self.encodings for t in enc.values()):
             return self
-        return Inputs(self.ids, self.labels, tuple({k: t.to(device) for k, t in enc.items()} for enc in self.encodings))
+        return Inputs(self.ids, self.labels, tuple({k: t.to(device) for k, t in enc.items()} for enc in self.encodings), self.pad_id)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, sample: Sample, max_length: int) -> Inputs:
     """Tokenize every example of the sample once (truncated to ``max_length``)."""
     encodings = tuple(dict(tokenizer(e.text, truncation=True, max_length=max_length, return_tensors="pt")) for e in sample.examples)
-    return Inputs(tuple(e.id for e in sample.examples), tuple(e.label for e in sample.examples), encodings)
+    return Inputs(tuple(e.id for e in sample.examples), tuple(e.label for e in sample.examples), encodings, tokenizer.pad_token_id or 0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Measurement:
     size_mb: float
     latencies_s: tuple[float, ...] | None
     timer: str
+    batch_size: int = 1
 
     @property
     def accuracy(self) -> float:
@@ -101,9 +104,11 @@ def measure(
     warmup: int,
     benchmark: Any | None = None,
     timed: bool = True,
+    batch_size: int = 1,
 ) -> Measurement:
     """Run the pass. A ``benchmark`` fixture times the rounds (none when it is disabled); without
-    one, ``timed`` selects a ``perf_counter`` loop or no timing at all."""
+    one, ``timed`` selects a ``perf_counter`` loop or no timing at all. An untimed pass runs in
+    length-bucketed batches of ``batch_size``; timed passes are always per sample."""
     import torch
 
     device = next(model.parameters()).device
@@ -129,6 +134,13 @@ def measure(
             latencies, timer = _pedantic(benchmark, forward, stream, warmup), "pytest-benchmark"
         elif timed:
             latencies, timer = _perf_counter_loop(forward, stream, warmup), "perf_counter"
+        elif batch_size > 1:
+            batch_size = min(batch_size, len(inputs))
+            for chunk in length_buckets(inputs, batch_size):
+                batch_logits = model(**_padded(inputs, chunk)).logits
+                for row, index in enumerate(chunk):
+                    logits[index] = batch_logits[row : row + 1]
+            timer = f"not timed (batches of {batch_size})"
         else:
             for index in stream:
                 forward(index)
@@ -146,7 +158,27 @@ def measure(
         size_mb=size_mb,
         latencies_s=latencies,
         timer=timer,
+        batch_size=batch_size if latencies is None and benchmark is None else 1,
     )
+
+
+def length_buckets(inputs: Inputs, batch_size: int) -> list[list[int]]:
+    """Sample indices sorted by token count and cut into batches: each batch pads little."""
+    order = sorted(range(len(inputs)), key=lambda i: (inputs.encodings[i]["input_ids"].shape[1], i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _padded(inputs: Inputs, chunk: list[int]) -> dict[str, torch.Tensor]:
+    """The encodings of ``chunk`` right-padded to the longest (``pad_id`` for ids, 0 for masks and types)."""
+    import torch
+
+    width = max(inputs.encodings[i]["input_ids"].shape[1] for i in chunk)
+    batch = {}
+    for key in inputs.encodings[chunk[0]]:
+        value = inputs.pad_id if key == "input_ids" else 0
+        rows = [inputs.encodings[i][key] for i in chunk]
+        batch[key] = torch.cat([torch.nn.functional.pad(row, (0, width - row.shape[1]), value=value) for row in rows])
+    return batch
 
 
 def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int) -> tuple[float, ...]:

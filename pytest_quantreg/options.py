@@ -47,6 +47,12 @@ _VALUED: list[tuple[str, str, str, str]] = [
     ("--quantreg-max-length", "quantreg_max_length", "128", "Tokens per text before truncation (default: %(default)s)"),
     ("--quantreg-warmup", "quantreg_warmup", "5", "Warmup forward passes before timing each precision (default: %(default)s)"),
     (
+        "--quantreg-batch-size",
+        "quantreg_batch_size",
+        "1",
+        "Batch size of untimed accuracy passes, length-bucketed to limit padding; timed passes stay at 1 (default: %(default)s)",
+    ),
+    (
         "--quantreg-baseline-dir",
         "quantreg_baseline_dir",
         "baselines",
@@ -172,6 +178,7 @@ class Settings:
     seed: int
     max_length: int
     warmup: int
+    batch_size: int
     baseline_dir: Path
     update_baselines: bool
     trust_remote_code: bool
@@ -215,6 +222,7 @@ def resolve(config: pytest.Config) -> Settings:
             seed=_integer("--quantreg-seed", get("quantreg_seed"), minimum=0),
             max_length=_integer("--quantreg-max-length", get("quantreg_max_length"), minimum=8),
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
+            batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
             trust_remote_code=flag("quantreg_trust_remote_code"),

@@ -19,7 +19,8 @@ TITLE = "QUANTIZATION COMPARISON SUMMARY"
 def header(run: QuantregRun) -> list[str]:
     """Lines that make the run reproducible: model, data, sample, device, precisions, versions."""
     s = run.settings
-    lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}"]
+    batches = f", untimed passes in length-bucketed batches of {s.batch_size}" if s.batch_size > 1 else ""
+    lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}{batches}"]
     try:
         if s.model is None:
             lines.append(_example_line())

@@ -138,7 +138,14 @@ class QuantregRun:
         size = cached.size_mb if cached is not None else state_dict_size_mb(model)
         with known_noise_filtered():
             result = measure(
-                model, self.inputs, precision=name, size_mb=size, warmup=self.settings.warmup, benchmark=benchmark, timed=timed
+                model,
+                self.inputs,
+                precision=name,
+                size_mb=size,
+                warmup=self.settings.warmup,
+                benchmark=benchmark,
+                timed=timed,
+                batch_size=self.settings.batch_size,
             )
         self.measurements[name] = result
         return result

@@ -44,6 +44,7 @@ def _usage_error(result: pytest.RunResult, message: str) -> None:
         (["--quantreg-seed=abc"], "--quantreg-seed: 'abc' is not a whole number; use e.g. --quantreg-seed=1"),
         (["--quantreg-max-length=4"], "--quantreg-max-length: 4 is below the minimum 8"),
         (["--quantreg-warmup=x"], "--quantreg-warmup: 'x' is not a whole number"),
+        (["--quantreg-batch-size=0"], "--quantreg-batch-size: 0 is below the minimum 1"),
         (["--quantreg-max-drop=-1"], "--quantreg-max-drop: '-1' is not a non-negative number"),
         (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
         (["--quantreg-max-drop=lots"], "--quantreg-max-drop: 'lots' is not a non-negative number"),

@@ -73,6 +73,8 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-seed=SEED",
         "--quantreg-max-length=LENGTH",
         "--quantreg-warmup=WARMUP",
+        "--quantreg-batch-size=SIZE",
+        "--quantreg-trust-remote-code",
         "--quantreg-baseline-dir=DIR",
         "--quantreg-update-baselines",
         "--quantreg-max-drop=N",
@@ -501,3 +503,10 @@ def test_collect_only_on_a_cpu_build_does_not_import_torch(quantreg_pytester: py
     assert result.returncode == 0, result.stdout + result.stderr
     assert "14 tests collected" in result.stdout
     assert (quantreg_pytester.path / "torch-imported.txt").read_text() == "False"
+
+
+def test_throughput_mode_judges_accuracy_in_batches(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)  # recorded at batch size 1
+    result = quantreg_pytester.runpytest("--precision=fp32,fp16", "--quantreg-batch-size=16", "-k", "accuracy")
+    result.assert_outcomes(passed=2)  # FP32 in batches of 16 agrees with its batch-1 baseline
+    result.stdout.fnmatch_lines(["quantreg: device cpu, precisions fp32, fp16, untimed passes in length-bucketed batches of 16"])
