@@ -21,6 +21,11 @@ def header(run: QuantregRun) -> list[str]:
     s = run.settings
     batches = f", untimed passes in length-bucketed batches of {s.batch_size}" if s.batch_size > 1 else ""
     lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}{batches}"]
+    if batches and "int8-dynamic" in run.selected:
+        lines.append(
+            "quantreg: note: int8-dynamic scales activations per batch, so in batches its predictions depend on their batch-mates "
+            "(8% of the example's differ from batch size 1); its accuracy gate is exact only at --quantreg-batch-size=1"
+        )
     try:
         if s.model is None:
             lines.append(_example_line())
