@@ -437,12 +437,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")
-    if terminalreporter.stats.get("skipped") and not any(n in run.measurements for n in run.selected if n != FP32):
-        quantized = [n for n in run.selected if n != FP32]
-        if quantized:
-            terminalreporter.write_line(
-                f"quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {', '.join(quantized)} was skipped (reasons above); "
-                "this run says nothing about them",
-                red=True,
-                bold=True,
-            )
+    quantized = [n for n in run.selected if n != FP32]
+    if quantized and terminalreporter.stats.get("skipped") and not any(n in run.measurements for n in quantized):
+        terminalreporter.write_line(
+            f"quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {', '.join(quantized)} was skipped (reasons above); "
+            "this run says nothing about them",
+            red=True,
+            bold=True,
+        )

@@ -25,11 +25,6 @@ def is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-def is_controller(config: pytest.Config) -> bool:
-    """Whether this process hands the tests to pytest-xdist workers (``-n``/``--dist``)."""
-    return not is_worker(config) and config.pluginmanager.hasplugin("xdist") and bool(getattr(config.option, "numprocesses", None))
-
-
 def worker_output(run: QuantregRun) -> dict[str, Any]:
     """What a worker measured, in plain types."""
     return {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 
 import pytest
+from custom_precisions import CUSTOM_PRECISIONS
 
 NO_QUANTIZED = (
     "quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {names} was skipped (reasons above); this run says nothing about them"
@@ -56,26 +56,8 @@ def test_broken_library_skips_with_the_import_error(quantreg_pytester: pytest.Py
     assert "Traceback" not in result.stdout.str()
 
 
-SLOW = textwrap.dedent(
-    """
-    def _slow(ctx):
-        model = ctx.load()
-        forward = model.forward
-        def five_times(*args, **kwargs):
-            for _ in range(4):
-                forward(*args, **kwargs)
-            return forward(*args, **kwargs)
-        model.forward = five_times
-        return model
-
-    def pytest_quantreg_precisions(registry):
-        registry.register("slow", _slow, devices=["cpu"])
-    """
-)
-
-
 def test_without_pytest_benchmark_latency_is_still_judged(quantreg_pytester: pytest.Pytester) -> None:
-    quantreg_pytester.makeconftest(SLOW)
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     result = quantreg_pytester.runpytest(
         "-p", "no:benchmark", "--precision=fp32,slow", "-k", "latency", "--quantreg-max-latency-ratio=slow=1.5"
     )

@@ -3,57 +3,10 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-
-CUSTOM_PRECISIONS = textwrap.dedent(
-    """
-    import torch
-
-    def _damaged(ctx):
-        # a "quantization" that flips the classifier: every prediction changes
-        model = ctx.load()
-        with torch.no_grad():
-            model.classifier.weight.neg_()
-            model.classifier.bias.neg_()
-        return model
-
-    def _slow(ctx):
-        # real extra work on every forward pass: the model runs five times (a wide margin over the
-        # 1.5 limit the tests set, so that a busy machine cannot hide it)
-        model = ctx.load()
-        forward = model.forward
-        def five_times(*args, **kwargs):
-            for _ in range(4):
-                forward(*args, **kwargs)
-            return forward(*args, **kwargs)
-        model.forward = five_times
-        return model
-
-    def _flip_rare(ctx):
-        # a model that errs on exactly the two texts containing the word "w4": FP32 is right on all 60
-        from transformers import AutoTokenizer
-
-        rare = AutoTokenizer.from_pretrained(ctx.model_dir).convert_tokens_to_ids("w4")
-        model = ctx.load()
-        forward = model.forward
-        def flipped(*args, **kwargs):
-            out = forward(*args, **kwargs)
-            if (kwargs["input_ids"] == rare).any():
-                out["logits"] = -out["logits"]
-            return out
-        model.forward = flipped
-        return model
-
-    def pytest_quantreg_precisions(registry):
-        registry.register("damaged", _damaged, devices=["cpu"], max_drop=1.0)
-        registry.register("flip-rare", _flip_rare, devices=["cpu"], max_drop=100.0)
-        registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})
-        registry.register("needs-missing", _damaged, requires=["no_such_module_xyz"])
-    """
-)
+from custom_precisions import CUSTOM_PRECISIONS
 
 
 def record_baseline(pytester: pytest.Pytester, *args: str) -> None:
