@@ -122,6 +122,7 @@ def measure(
 
     stream = [i % len(inputs) for i in range(warmup)] + list(range(len(inputs)))
     latencies: tuple[float, ...] | None = None
+    used_batch = 1  # per sample unless the untimed batched branch runs
     with torch.inference_mode():
         if benchmark is not None and getattr(benchmark, "disabled", False):
             # --benchmark-disable or xdist: pedantic runs the target once, untimed; we run the rest
@@ -135,12 +136,12 @@ def measure(
         elif timed:
             latencies, timer = _perf_counter_loop(forward, stream, warmup), "perf_counter"
         elif batch_size > 1:
-            batch_size = min(batch_size, len(inputs))
-            for chunk in length_buckets(inputs, batch_size):
+            used_batch = min(batch_size, len(inputs))
+            for chunk in length_buckets(inputs, used_batch):
                 batch_logits = model(**_padded(inputs, chunk)).logits
                 for row, index in enumerate(chunk):
                     logits[index] = batch_logits[row : row + 1]
-            timer = f"not timed (batches of {batch_size})"
+            timer = f"not timed (batches of {used_batch})"
         else:
             for index in stream:
                 forward(index)
@@ -158,7 +159,7 @@ def measure(
         size_mb=size_mb,
         latencies_s=latencies,
         timer=timer,
-        batch_size=batch_size if latencies is None and benchmark is None else 1,
+        batch_size=used_batch,
     )
 
 
