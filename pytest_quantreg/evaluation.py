@@ -5,6 +5,11 @@ The pass yields predictions, probabilities and per-sample latencies together, as
 protocol. Timing comes from pytest-benchmark (``benchmark.pedantic``, one round per sample) when
 a test asks for it, from a ``perf_counter`` loop with the same protocol otherwise, and is absent
 when timing is disabled (``--benchmark-disable``): accuracy never depends on timing.
+
+A timed pass given a ``partner`` (FP32) also times the partner on a spread of samples, each just
+before this precision's timed forward on the same sample. The latency ratio is taken over these
+back-to-back pairs, so a machine that speeds up or slows down during the run moves both sides of
+each pair alike and the ratio stays put.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class Measurement:
     latencies_s: tuple[float, ...] | None
     timer: str
     batch_size: int = 1
+    paired_s: tuple[tuple[float, float], ...] | None = None  # (this precision, partner FP32) seconds, timed back to back
 
     @property
     def accuracy(self) -> float:
@@ -105,10 +111,13 @@ def measure(
     benchmark: Any | None = None,
     timed: bool = True,
     batch_size: int = 1,
+    partner: torch.nn.Module | None = None,
+    pairs: int = 0,
 ) -> Measurement:
     """Run the pass. A ``benchmark`` fixture times the rounds (none when it is disabled); without
     one, ``timed`` selects a ``perf_counter`` loop or no timing at all. An untimed pass runs in
-    length-bucketed batches of ``batch_size``; timed passes are always per sample."""
+    length-bucketed batches of ``batch_size``; timed passes are always per sample. A timed pass
+    with a ``partner`` times it too, back to back, on ``pairs`` samples spread over the sample."""
     import torch
 
     device = next(model.parameters()).device
@@ -121,6 +130,21 @@ def measure(
         sync()
 
     stream = [i % len(inputs) for i in range(warmup)] + list(range(len(inputs)))
+    partner_s: dict[int, float] = {}
+    paired_at = set(spread(len(inputs), pairs))
+
+    def before(position: int, index: int) -> None:
+        """Untimed by the caller: warm the partner up, or time it on this sample just before ours."""
+        if partner is None:
+            return
+        if position < warmup:
+            partner(**inputs.encodings[index])
+        elif index in paired_at:
+            start = time.perf_counter()
+            partner(**inputs.encodings[index])
+            sync()
+            partner_s[index] = time.perf_counter() - start
+
     latencies: tuple[float, ...] | None = None
     used_batch = 1  # per sample unless the untimed batched branch runs
     with torch.inference_mode():
@@ -132,9 +156,9 @@ def measure(
                 forward(index)
             timer = "disabled by pytest-benchmark"
         elif benchmark is not None:
-            latencies, timer = _pedantic(benchmark, forward, stream, warmup), "pytest-benchmark"
+            latencies, timer = _pedantic(benchmark, forward, stream, warmup, before), "pytest-benchmark"
         elif timed:
-            latencies, timer = _perf_counter_loop(forward, stream, warmup), "perf_counter"
+            latencies, timer = _perf_counter_loop(forward, stream, warmup, before), "perf_counter"
         elif batch_size > 1:
             used_batch = min(batch_size, len(inputs))
             for chunk in length_buckets(inputs, used_batch):
@@ -160,7 +184,15 @@ def measure(
         latencies_s=latencies,
         timer=timer,
         batch_size=used_batch,
+        paired_s=tuple((latencies[i], partner_s[i]) for i in sorted(partner_s)) if latencies and partner_s else None,
     )
+
+
+def spread(n: int, pairs: int) -> list[int]:
+    """``pairs`` sample indices spread evenly over ``0..n-1`` (all of them when ``pairs >= n``)."""
+    if pairs >= n:
+        return list(range(n))
+    return [i * n // pairs for i in range(pairs)]
 
 
 def length_buckets(inputs: Inputs, batch_size: int) -> list[list[int]]:
@@ -182,16 +214,26 @@ def _padded(inputs: Inputs, chunk: list[int]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int) -> tuple[float, ...]:
-    """One pytest-benchmark round per sample; setup feeds the next sample (warmup rounds too)."""
-    feed = iter(stream)
-    benchmark.pedantic(forward, setup=lambda: ((next(feed),), {}), rounds=len(stream) - warmup, warmup_rounds=warmup, iterations=1)
+Before = Callable[[int, int], None]
+
+
+def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int, before: Before) -> tuple[float, ...]:
+    """One pytest-benchmark round per sample; setup (untimed) feeds the next sample, warmup rounds too."""
+    feed = enumerate(stream)
+
+    def setup() -> tuple[tuple[int], dict[str, Any]]:
+        position, index = next(feed)
+        before(position, index)
+        return (index,), {}
+
+    benchmark.pedantic(forward, setup=setup, rounds=len(stream) - warmup, warmup_rounds=warmup, iterations=1)
     return tuple(benchmark.stats.stats.data)
 
 
-def _perf_counter_loop(forward: Callable[[int], None], stream: list[int], warmup: int) -> tuple[float, ...]:
+def _perf_counter_loop(forward: Callable[[int], None], stream: list[int], warmup: int, before: Before) -> tuple[float, ...]:
     latencies: list[float] = []
     for position, index in enumerate(stream):
+        before(position, index)
         start = time.perf_counter()
         forward(index)
         if position >= warmup:

@@ -2,13 +2,15 @@
 
 Prediction gates: accuracy drop (points), relative accuracy (percent of FP32, MLPerf style),
 optionally only when the drop is significant (``alpha``), flip rate and mean KL divergence.
-The latency gate fails only when the ratio's 95% confidence interval lies above the limit.
+The latency gate fails only when the ratio's 95% confidence interval lies above the limit; the ratio
+pairs this precision's timings with FP32's timed back to back on the same samples.
 A failure message carries the numbers, the statistics, each threshold and where it came from,
 the baseline file, and the flag that accepts the change.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -106,27 +108,29 @@ def _agreement_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[t
     return failures
 
 
-def check_latency(measurement: Measurement, reference: Measurement, limit: Limit) -> LatencyRatio:
-    """Fail when the latency ratio to FP32 is above the limit beyond noise; skip when it cannot be judged."""
+def check_latency(measurement: Measurement, limit: Limit) -> LatencyRatio:
+    """Fail when the latency ratio to FP32 (paired timings of this pass) is above the limit beyond
+    noise; skip when it cannot be judged."""
     __tracebackhide__ = True
     name = measurement.precision
-    mine, fp32 = measurement.latency, reference.latency
-    if mine is None or fp32 is None or measurement.latencies_s is None or reference.latencies_s is None:
+    if measurement.latencies_s is None:
         pytest.skip(
-            f"latency gate for {name} not judged: timing is off ({measurement.timer if mine is None else reference.timer}); "
+            f"latency gate for {name} not judged: timing is off ({measurement.timer}); "
             "pytest-benchmark disables timing with --benchmark-disable and under xdist"
         )
-    ratio = latency_ratio(measurement.latencies_s, reference.latencies_s)
-    if ratio is None:
-        pytest.skip(f"latency gate for {name} not judged: its timings do not pair with FP32's sample by sample")
     if name == FP32:
-        return ratio
+        return LatencyRatio(1.0, (1.0, 1.0), len(measurement.latencies_s))
+    ratio = latency_ratio(measurement.paired_s)
+    if ratio is None:
+        pytest.skip(f"latency gate for {name} not judged: no FP32 timings were paired with its timed pass")
     if limit.value is None:
         pytest.skip(f"no latency limit for {name} on this device; set one with --quantreg-max-latency-ratio={name}=N")
     if ratio.ci95[0] > limit.value + _SLACK:
+        pairs = measurement.paired_s or ()
+        mine, fp32 = statistics.median(p[0] for p in pairs) * 1000, statistics.median(p[1] for p in pairs) * 1000
         pytest.fail(
             f"{name} is too slow against FP32: {ratio.describe()}, the whole interval above max {limit.value:.3f} ({limit.source})\n"
-            f"  medians: {mine.median_ms:.2f} ms vs FP32 {fp32.median_ms:.2f} ms\n"
+            f"  paired medians: {mine:.2f} ms vs FP32 {fp32:.2f} ms, timed back to back on the same samples\n"
             f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N or @pytest.mark.quantreg(max_latency_ratio=N))",
             pytrace=False,
         )

@@ -18,6 +18,8 @@ from pytest_quantreg.data import SampleSpec, parse_sample_spec
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.precisions import DEFAULT_PRECISIONS
 
+MIN_PAIRS = 6  # the fewest pairs whose median has a distribution-free 95% interval inside their range
+
 # (option, ini name, default, help); flags are declared separately.
 _VALUED: list[tuple[str, str, str, str]] = [
     (
@@ -51,6 +53,13 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "quantreg_batch_size",
         "1",
         "Batch size of untimed accuracy passes, length-bucketed to limit padding; timed passes stay at 1 (default: %(default)s)",
+    ),
+    (
+        "--quantreg-latency-pairs",
+        "quantreg_latency_pairs",
+        "100",
+        "Samples, spread over the sample, on which FP32 is timed back to back with each other precision's timed pass; "
+        f"the latency ratio and its confidence interval come from these pairs (at least {MIN_PAIRS}; default: %(default)s)",
     ),
     (
         "--quantreg-baseline-dir",
@@ -114,7 +123,8 @@ GATES: tuple[Gate, ...] = (
     Gate("max_kl", "Largest mean KL divergence of FP32's softmax to this precision's, in nats"),
     Gate(
         "max_latency_ratio",
-        "Largest latency over FP32's in the same run (median of per-sample ratios); fails only when the ratio's 95% CI is above it",
+        "Largest latency over FP32's, timed back to back on the same samples (median of the per-sample ratios); "
+        "fails only when the ratio's 95% CI is above it",
     ),
 )
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -179,6 +189,7 @@ class Settings:
     max_length: int
     warmup: int
     batch_size: int
+    latency_pairs: int
     baseline_dir: Path
     update_baselines: bool
     trust_remote_code: bool
@@ -223,6 +234,7 @@ def resolve(config: pytest.Config) -> Settings:
             max_length=_integer("--quantreg-max-length", get("quantreg_max_length"), minimum=8),
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),
+            latency_pairs=_integer("--quantreg-latency-pairs", get("quantreg_latency_pairs"), minimum=MIN_PAIRS),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
             trust_remote_code=flag("quantreg_trust_remote_code"),

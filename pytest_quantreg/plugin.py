@@ -307,10 +307,7 @@ class Quantreg:
                 f"latency gate for {self.precision} not judged under pytest-xdist: pytest-benchmark does not time in workers "
                 "and parallel workers share the CPU; run the latency tests without -n (e.g. pytest -k latency)"
             )
-        result = self.measure(timed=True)
-        untimed = self.precision == FP32 or result.latency is None  # nothing to compare against
-        reference = result if untimed else _user_errors(lambda: self._run.fp32_reference(timed=True))
-        return check_latency(result, reference, self.limit("max_latency_ratio"))
+        return check_latency(self.measure(timed=True), self.limit("max_latency_ratio"))
 
     def _benchmark(self) -> Any | None:
         if not self._request.config.pluginmanager.hasplugin("benchmark"):
@@ -346,11 +343,9 @@ class Quantreg:
                 max_logit_change=stats.max_logit_change,
                 confidence_change_pp=stats.confidence_change_pp,
             )
-        reference = run.measurements.get(FP32)
-        if reference is not None and result.latencies_s and reference.latencies_s:
-            ratio = latency_ratio(result.latencies_s, reference.latencies_s)
-            if ratio is not None:
-                info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95))
+        ratio = latency_ratio(result.paired_s)
+        if ratio is not None:
+            info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95), latency_pairs=ratio.n)
         benchmark.extra_info.update(info)
 
 
@@ -389,6 +384,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN, None)
     if run is None:
         return
+    run.release_partner()
     if xdist.is_worker(session.config):
         session.config.workeroutput[xdist.KEY] = xdist.worker_output(run)  # type: ignore[attr-defined]
         return

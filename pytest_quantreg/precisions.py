@@ -205,9 +205,11 @@ def _bnb(**config: Any) -> Builder:
 def builtin_registry() -> Registry:
     """The built-in precisions with their documented default gates.
 
-    Latency ratios are quantized median / FP32 median in the same run. On CPU, FP16/BF16 have no
-    native arithmetic and bitsandbytes is slower than torch's own int8, so those are loose;
-    int8-dynamic is the one expected to be faster, and must not be slower than FP32. Measured on
+    Latency ratios are medians of per-sample ratios to FP32 timed back to back in the same run. On
+    CPU, FP16/BF16 have no native arithmetic and bitsandbytes is slower than torch's own int8, so
+    those are loose; int8-dynamic is the one expected to be faster, and must be at least 10% faster
+    than FP32 (0.9): paired, it measures 0.79 on the example, and a 1.3x slower int8-dynamic
+    (about 1.0) fails (benchmarks/latency_stability.py). Measured on
     the example (2-core CPU) for fp16 / bf16 / int8-dynamic / int8-bnb / int4-nf4 / int4-fp4:
     drops 0 / 0.26 / 3.62 / 0 / 1.03 / 3.62 pp, flip rates 0 / 0.26 / 10.34 / 0.52 / 3.10 / 5.68 %,
     mean KL 0 / 0.00003 / 0.048 / 0.0007 / 0.011 / 0.021 nats, latency ratios 2.89 / 2.59 / 0.67 /
@@ -249,7 +251,7 @@ def builtin_registry() -> Registry:
                 devices=frozenset({"cpu"}),
                 max_drop=5.0,
                 description="torch quantize_dynamic (qint8) on the Linear layers",
-                max_latency_ratio={"cpu": 1.0},
+                max_latency_ratio={"cpu": 0.9},
                 max_flip_rate=15.0,
                 max_kl=0.1,
             ),

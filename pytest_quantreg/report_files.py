@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_text
-from pytest_quantreg.gates import FP32
 from pytest_quantreg.report import STATISTICS, ratio_cell
 from pytest_quantreg.stats import Reference, compare
 
@@ -59,13 +58,12 @@ def write_report(
 
 def _table(measurements: dict[str, Measurement], reference: tuple[Reference, str] | None) -> list[str]:
     """The terminal summary's statistics as a Markdown table, one row per precision."""
-    fp32 = measurements.get(FP32)
-    columns = ["precision", "size MB", "accuracy %", "median ms", "latency ratio [95% CI]"]
+    columns = ["precision", "size MB", "accuracy %", "median ms", "latency ratio, paired [95% CI]"]
     columns += [metric for metric, _ in STATISTICS] if reference else []
     rows = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]  # "|x|" would split a cell
     for name, m in measurements.items():
         cells = [name, f"{m.size_mb:.2f}", f"{m.accuracy * 100:.2f}", f"{m.latency.median_ms:.2f}" if m.latency else "n/a"]
-        cells.append(ratio_cell(m, fp32) if fp32 is not None else "n/a")
+        cells.append(ratio_cell(m))
         if reference:
             stats = compare(m, reference[0])
             cells += [cell(stats) for _, cell in STATISTICS]

@@ -1,7 +1,8 @@
 """The state of one quantreg run: settings, lazily loaded data and models, measurements, writes.
 
 Everything expensive is loaded on first use and once: the data set, its sample, the tokenized
-inputs, the FP32 reference measurement, the baseline.
+inputs, the FP32 reference measurement, the baseline, and the FP32 model that timed passes of the
+other precisions pair with (kept until the session ends).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class QuantregRun:
     skipped: dict[str, str] = field(default_factory=dict)
     weight_reports: dict[str, WeightReport] = field(default_factory=dict)
     _fp32_weights: dict[str, torch.Tensor] | None = None
+    _partner: torch.nn.Module | None = None
 
     @property
     def device(self) -> str:
@@ -136,6 +138,8 @@ class QuantregRun:
         if cached is not None and _satisfies(cached, benchmark, timed):
             return cached
         size = cached.size_mb if cached is not None else state_dict_size_mb(model)
+        timing = timed and not getattr(benchmark, "disabled", False)
+        partner = self.timing_partner() if timing and name != FP32 else None
         with known_noise_filtered():
             result = measure(
                 model,
@@ -146,18 +150,32 @@ class QuantregRun:
                 benchmark=benchmark,
                 timed=timed,
                 batch_size=self.settings.batch_size,
+                partner=partner,
+                pairs=self.settings.latency_pairs,
             )
         self.measurements[name] = result
         return result
 
-    def fp32_reference(self, timed: bool) -> Measurement:
-        """FP32 measured in this run: reused when a test already measured it, else measured now."""
+    def timing_partner(self) -> torch.nn.Module:
+        """The FP32 model timed back to back with the other precisions' timed passes (built once)."""
+        if self._partner is None:
+            self._partner = self.build(self.registry[FP32])
+        return self._partner
+
+    def release_partner(self) -> None:
+        """Drop the FP32 timing partner: the session's timed passes are over."""
+        if self._partner is not None:
+            self._partner = None
+            release_memory()
+
+    def fp32_reference(self) -> Measurement:
+        """FP32 measured (timed) in this run, for a baseline: reused when a test already measured it, else measured now."""
         cached = self.measurements.get(FP32)
-        if cached is not None and _satisfies(cached, None, timed):
+        if cached is not None and _satisfies(cached, None, timed=True):
             return cached
         model = self.build(self.registry[FP32])
         try:
-            return self.measure(FP32, model, benchmark=None, timed=timed)
+            return self.measure(FP32, model, benchmark=None, timed=True)
         finally:
             del model
             release_memory()
@@ -197,7 +215,7 @@ class QuantregRun:
         __tracebackhide__ = True
         path = self.baseline_path
         if self.settings.update_baselines and not any(p == path for _, p in self.written):
-            reference = self.fp32_reference(timed=True)
+            reference = self.fp32_reference()
             document = baselines.record(reference, self.provenance, self.device_name, library_versions())
             self.written.append((baselines.write(path, document), path))
         found = baselines.load(path)

@@ -170,7 +170,7 @@ def _max_logit_change(measurement: Measurement, reference: Reference) -> float |
 
 @dataclass(frozen=True)
 class LatencyRatio:
-    """Median of the per-sample latency ratios (this precision over FP32) with its 95% interval."""
+    """Median of the per-sample latency ratios (this precision over FP32, timed back to back) with its 95% interval."""
 
     ratio: float
     ci95: tuple[float, float]
@@ -180,11 +180,11 @@ class LatencyRatio:
         return f"latency ratio {self.ratio:.3f} (95% CI [{self.ci95[0]:.3f}, {self.ci95[1]:.3f}], {self.n} paired samples)"
 
 
-def latency_ratio(mine: Sequence[float], fp32: Sequence[float]) -> LatencyRatio | None:
-    """Pair the per-sample timings by position (the same sample order); None when they do not pair."""
-    if not mine or len(mine) != len(fp32) or min(fp32) <= 0:
+def latency_ratio(pairs: Sequence[tuple[float, float]] | None) -> LatencyRatio | None:
+    """The ratio over ``(this precision, FP32)`` timings of the same samples; None without pairs."""
+    if not pairs or min(fp32 for _, fp32 in pairs) <= 0:
         return None
-    ratios = np.sort(np.asarray(mine, dtype=np.float64) / np.asarray(fp32, dtype=np.float64))
+    ratios = np.sort(np.asarray([mine / fp32 for mine, fp32 in pairs], dtype=np.float64))
     low, high = median_ci_ranks(len(ratios))
     return LatencyRatio(ratio=float(np.median(ratios)), ci95=(float(ratios[low]), float(ratios[high])), n=len(ratios))
 

@@ -45,6 +45,8 @@ def _usage_error(result: pytest.RunResult, message: str) -> None:
         (["--quantreg-max-length=4"], "--quantreg-max-length: 4 is below the minimum 8"),
         (["--quantreg-warmup=x"], "--quantreg-warmup: 'x' is not a whole number"),
         (["--quantreg-batch-size=0"], "--quantreg-batch-size: 0 is below the minimum 1"),
+        (["--quantreg-latency-pairs=3"], "--quantreg-latency-pairs: 3 is below the minimum 6"),
+        (["--quantreg-latency-pairs=all"], "--quantreg-latency-pairs: 'all' is not a whole number; use e.g. --quantreg-latency-pairs=6"),
         (["--quantreg-max-drop=-1"], "--quantreg-max-drop: '-1' is not a non-negative number"),
         (["--quantreg-max-drop=nan"], "--quantreg-max-drop: 'nan' is not a non-negative number"),
         (["--quantreg-max-drop=lots"], "--quantreg-max-drop: 'lots' is not a non-negative number"),

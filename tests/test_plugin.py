@@ -236,17 +236,19 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     assert "test_only_fp32[fp16]" not in collected
 
 
-def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize(("option", "pairs"), [((), 60), (("--quantreg-latency-pairs=12",), 12)])
+def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester, option: tuple[str, ...], pairs: int) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     result = quantreg_pytester.runpytest(
-        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5"
+        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5", *option
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            "*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], 60 paired samples), the whole interval above max 1.500 "
-            "(command line: --quantreg-max-latency-ratio)",
-            "*medians: * ms vs FP32 * ms",
+            f"*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], {pairs} paired samples), the whole interval above "
+            "max 1.500 (command line: --quantreg-max-latency-ratio)",
+            "*paired medians: * ms vs FP32 * ms, timed back to back on the same samples",
+            "latency ratio, paired [[]95% CI] | * 1 (reference) | * [[]*, *] |*",
         ]
     )
 
@@ -321,7 +323,7 @@ def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) ->
             "mean latency (ms)*",
             "median latency (ms)*",
             "std latency (ms)*n/a*",
-            "latency ratio [[]95% CI] * | 1.00 [[]1.00, 1.00] | * [[]*, *] | * [[]*, *] |*",
+            "latency ratio, paired [[]95% CI] | * 1 (reference) | * [[]*, *] | * [[]*, *] |*",
             "drop vs FP32 [[]95% CI] (pp) * | 0.00 [[]0.00, 0.00] |*",
             "McNemar p (exact) * | * 1 |*",
             "flip rate vs FP32 (%) * | * 0.00 |*",

@@ -123,9 +123,11 @@ def test_latency_ratio_pairs_by_sample() -> None:
     rng = np.random.default_rng(2)
     fp32 = rng.uniform(0.01, 0.05, size=200)  # long and short texts
     slower = fp32 * 1.3 * rng.uniform(0.97, 1.03, size=200)
-    ratio = latency_ratio(list(slower), list(fp32))
+    ratio = latency_ratio(list(zip(slower, fp32, strict=True)))
     assert ratio is not None
     assert ratio.ratio == pytest.approx(1.3, rel=0.01)
     assert ratio.ci95[0] < ratio.ratio < ratio.ci95[1]
     assert ratio.ci95[1] - ratio.ci95[0] < 0.02  # pairing removes the spread of text lengths
-    assert latency_ratio([0.1], [0.1, 0.2]) is None
+    assert ratio.n == 200
+    assert latency_ratio([]) is None
+    assert latency_ratio(None) is None
