@@ -1,40 +1,54 @@
 """One bare pass per precision: build the model (load + quantize), one inference pass over the
-pre-tokenized sample, accuracy; nothing else. The reference that suite_cost.py compares with.
+pre-tokenized sample, accuracy; nothing else. The reference that suite_cost.py and scale.py
+compare with.
 
 Models are built with the plugin's own build functions (the same ``from_pretrained`` and
-quantization calls), so the difference measured is the harness around them.
+quantization calls) and the sample is drawn the way the plugin draws it (seed 0), so the
+difference measured is the harness around them.
 
-    .venv/bin/python benchmarks/bare_passes.py fp32,fp16,...
+    .venv/bin/python benchmarks/bare_passes.py fp32,fp16,... [--model DIR --dataset FILE.csv --samples N]
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
-import sys
+from pathlib import Path
 
 import torch
 
-from pytest_quantreg.data import draw_sample, load_embedded, parse_sample_spec
+from pytest_quantreg.data import draw_sample, load_embedded, load_file, parse_sample_spec
 from pytest_quantreg.evaluation import tokenize
 from pytest_quantreg.example import example_model
-from pytest_quantreg.models import load_tokenizer
+from pytest_quantreg.models import load_tokenizer, read_config
 from pytest_quantreg.precisions import BuildContext, builtin_registry
 
 
-def main(names: list[str]) -> None:
-    folder = example_model()
-    sample = draw_sample(load_embedded(), parse_sample_spec("all"), 0)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("precisions", help="comma-separated precision names")
+    parser.add_argument("--model", type=Path, help="model folder (default: the embedded example)")
+    parser.add_argument("--dataset", type=Path, help="CSV with text and label columns (default: the embedded tweets)")
+    parser.add_argument("--samples", default="all", help="sample size, as --quantreg-samples (default: all)")
+    args = parser.parse_args()
+    folder = args.model or example_model()
+    if args.dataset is None:
+        dataset = load_embedded()
+    else:
+        labels = read_config(folder).get("id2label") or {"0": "0", "1": "1"}
+        dataset = load_file(args.dataset, [labels[str(i)] for i in range(len(labels))])
+    sample = draw_sample(dataset, parse_sample_spec(args.samples), 0)
     inputs = tokenize(load_tokenizer(folder), sample, 128)
     registry = builtin_registry()
-    for name in names:
+    for name in args.precisions.split(","):
         model = registry[name].build(BuildContext(folder, "cpu"))
         with torch.inference_mode():
             predictions = [int(model(**encoding).logits.argmax()) for encoding in inputs.encodings]
         accuracy = sum(p == y for p, y in zip(predictions, inputs.labels, strict=True)) / len(predictions)
-        print(f"{name}: accuracy {accuracy:.4f}", flush=True)
+        print(f"{name}: {len(predictions)} samples, accuracy {accuracy:.4f}", flush=True)
         del model
         gc.collect()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1].split(","))
+    main()

@@ -25,7 +25,9 @@ def main() -> None:
         print(f"{name:20s} exit {result.returncode}  wall {result.wall_s:7.1f} s  peak RSS {result.peak_rss_gb:.2f} GB")
     print(f"suite / bare wall ratio: {suite.wall_s / bare.wall_s:.3f} (target at most 1.2)")
     print(f"peak RSS with release {suite.peak_rss_gb:.2f} GB, without {kept.peak_rss_gb:.2f} GB (target at most 2 GB)")
-    for line in suite.output.splitlines()[-3:]:
+    lines = suite.output.splitlines()
+    table = next((i for i, line in enumerate(lines) if line.startswith("metric ")), len(lines) - 3)
+    for line in lines[table:]:
         print("  suite:", line)
 
 
