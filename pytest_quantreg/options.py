@@ -57,7 +57,7 @@ _VALUED: list[tuple[str, str, str, str]] = [
     (
         "--quantreg-latency-pairs",
         "quantreg_latency_pairs",
-        "100",
+        "50",
         "Samples, spread over the sample, on which FP32 is timed back to back with each other precision's timed pass; "
         f"the latency ratio and its confidence interval come from these pairs (at least {MIN_PAIRS}; default: %(default)s)",
     ),

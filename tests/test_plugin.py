@@ -236,7 +236,7 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     assert "test_only_fp32[fp16]" not in collected
 
 
-@pytest.mark.parametrize(("option", "pairs"), [((), 60), (("--quantreg-latency-pairs=12",), 12)])
+@pytest.mark.parametrize(("option", "pairs"), [((), 50), (("--quantreg-latency-pairs=12",), 12)])
 def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester, option: tuple[str, ...], pairs: int) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     result = quantreg_pytester.runpytest(
