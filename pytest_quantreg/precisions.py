@@ -208,12 +208,12 @@ def builtin_registry() -> Registry:
     Latency ratios are medians of per-sample ratios to FP32 timed back to back in the same run. On
     CPU, FP16/BF16 have no native arithmetic and bitsandbytes is slower than torch's own int8, so
     those are loose; int8-dynamic is the one expected to be faster, and must be at least 10% faster
-    than FP32 (0.9): paired, it measures 0.79 on the example, and a 1.3x slower int8-dynamic
-    (about 1.0) fails (benchmarks/latency_stability.py). Measured on
-    the example (2-core CPU) for fp16 / bf16 / int8-dynamic / int8-bnb / int4-nf4 / int4-fp4:
-    drops 0 / 0.26 / 3.62 / 0 / 1.03 / 3.62 pp, flip rates 0 / 0.26 / 10.34 / 0.52 / 3.10 / 5.68 %,
-    mean KL 0 / 0.00003 / 0.048 / 0.0007 / 0.011 / 0.021 nats, latency ratios 2.89 / 2.59 / 0.67 /
-    2.55 / 1.30 / 1.15. The defaults leave each about 1.4x or more of headroom.
+    than FP32 (0.9): paired, it measures 0.78 to 0.82 on the example, and a 1.3x slower
+    int8-dynamic (about 1.05) fails (benchmarks/latency_stability.py). Measured on the example
+    (2-core CPU) for fp16 / bf16 / int8-dynamic / int8-bnb / int4-nf4 / int4-fp4: drops
+    0 / 0.26 / 3.62 / 0 / 1.03 / 3.62 pp, flip rates 0 / 0.26 / 10.34 / 0.52 / 3.10 / 5.68 %, mean KL
+    0 / 0.00003 / 0.048 / 0.0007 / 0.011 / 0.021 nats, paired latency ratios 2.77 / 3.25 / 0.79 /
+    2.70 / 1.71 / 1.72. The other defaults leave each about 1.4x or more of headroom.
     """
     bnb = ("bitsandbytes", "accelerate")
     return Registry(
