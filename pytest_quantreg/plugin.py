@@ -409,7 +409,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             run.skipped["report"] = f"cannot write into {folder}: {exc.strerror}; choose a writable --quantreg-report folder"
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print the comparison summary last, after pytest-benchmark's table: the run ends with it."""
     from pytest_quantreg.report import TITLE, summary_table, weight_lines
 
     run = config.stash.get(RUN, None)

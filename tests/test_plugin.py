@@ -312,9 +312,11 @@ def test_benchmark_autosave_keeps_working(quantreg_pytester: pytest.Pytester) ->
 
 def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
-    result = quantreg_pytester.runpytest("--precision=fp32,fp16,int8")
+    # in a subprocess: plugin order (and so which summary prints last) is that of a real run
+    result = quantreg_pytester.runpytest_subprocess("--precision=fp32,fp16,int8")
     result.stdout.fnmatch_lines(
         [
+            "Legend:",  # pytest-benchmark's table comes first: the run ends with the summary
             "*QUANTIZATION COMPARISON SUMMARY (tiny-model*, 60 samples, cpu)*",
             "metric * | * FP32 | * FP16 | * INT8-DYNAMIC | * FP16 vs FP32 | INT8-DYNAMIC vs FP32",
             "model size (MB) *|*% smaller*",
