@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 from pathlib import Path
 
 import torch
 
 from pytest_quantreg.data import draw_sample, load_embedded, load_file, parse_sample_spec
+from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import tokenize
 from pytest_quantreg.example import example_model
-from pytest_quantreg.models import load_tokenizer, read_config
+from pytest_quantreg.models import label_names, load_tokenizer
 from pytest_quantreg.precisions import BuildContext, builtin_registry
 
 
@@ -32,11 +34,7 @@ def main() -> None:
     parser.add_argument("--samples", default="all", help="sample size, as --quantreg-samples (default: all)")
     args = parser.parse_args()
     folder = args.model or example_model()
-    if args.dataset is None:
-        dataset = load_embedded()
-    else:
-        labels = read_config(folder).get("id2label") or {"0": "0", "1": "1"}
-        dataset = load_file(args.dataset, [labels[str(i)] for i in range(len(labels))])
+    dataset = load_embedded() if args.dataset is None else load_file(args.dataset, label_names(folder))
     sample = draw_sample(dataset, parse_sample_spec(args.samples), 0)
     inputs = tokenize(load_tokenizer(folder), sample, 128)
     registry = builtin_registry()
@@ -51,4 +49,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except QuantregError as exc:
+        sys.exit(f"bare_passes.py: {exc}")

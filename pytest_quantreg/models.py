@@ -102,6 +102,13 @@ def read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def label_names(path: Path) -> tuple[str, ...]:
+    """A model folder's label names by id, from its config.json (``LABEL_i`` when it names none)."""
+    config = read_config(path)
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+    return tuple(str(id2label[str(i)]) for i in range(len(id2label)))
+
+
 def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``path``, loaded without any network access."""
     from transformers import AutoTokenizer

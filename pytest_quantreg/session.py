@@ -69,11 +69,9 @@ class QuantregRun:
         """Label names by id: the example's are known; a user model's come from its config.json."""
         if self.settings.model is None:
             return EMBEDDED_LABELS
-        from pytest_quantreg.models import read_config
+        from pytest_quantreg.models import label_names
 
-        config = read_config(self.model_dir)
-        id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
-        return tuple(str(id2label[str(i)]) for i in range(len(id2label)))
+        return label_names(self.model_dir)
 
     @functools.cached_property
     def dataset(self) -> Dataset:
