@@ -2,7 +2,9 @@
 
 A baseline holds FP32's accuracy, confidence, size, latency as recorded, and per-sample
 predictions and probabilities keyed by sample id (never texts), with the provenance that decides
-whether it may be compared with this run at all. Files are validated on read, written atomically,
+whether it may be compared with this run at all, and the hardware it was recorded on. It also
+holds, per hardware class, the paired latency ratios of the other precisions, which later runs on
+the same class of hardware are judged against. Files are validated on read, written atomically,
 and only ever written when the user asks (``--quantreg-update-baselines``).
 """
 
@@ -18,7 +20,8 @@ from typing import Any
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_json
-from pytest_quantreg.stats import Reference
+from pytest_quantreg.hardware import Hardware
+from pytest_quantreg.stats import LatencyRatio, Reference
 
 SCHEMA_VERSION = 1
 UPDATE_FLAG = "--quantreg-update-baselines"
@@ -40,6 +43,7 @@ class Provenance:
     max_length: int
     labels: tuple[str, ...]
     device_type: str
+    recipe: str | None = None  # the embedded example's recipe key: its identity where CPUs build other bits
 
     def filename(self) -> str:
         """A file name that cannot leave the baseline folder."""
@@ -58,6 +62,15 @@ class Baseline:
     size_mb: float
     latency_ms: dict[str, float] | None
     predictions: dict[str, dict[str, Any]]
+    latency_records: dict[str, dict[str, Any]]
+
+    def latency_ratio(self, hardware_class: str, name: str) -> LatencyRatio | None:
+        """The paired latency ratio recorded for precision ``name`` on ``hardware_class``, or None."""
+        entry = self.latency_records.get(hardware_class, {}).get("ratios", {}).get(name)
+        if entry is None:
+            return None
+        low, high = entry["ci95"]
+        return LatencyRatio(float(entry["ratio"]), (float(low), float(high)), int(entry["pairs"]))
 
     def reference(self) -> Reference:
         """FP32's per-sample outcome, for the paired statistics (logits when the file has them)."""
@@ -70,7 +83,10 @@ class Baseline:
         )
 
     def mismatch(self, current: Provenance) -> str | None:
-        """Why this baseline must not be compared with ``current``, or None."""
+        """Why this baseline must not be compared with ``current``, or None.
+
+        Other weights are refused, except for the embedded example built from the same recipe
+        (another CPU may build other bits): its FP32 drift gates judge how far they are."""
         recorded = self.provenance
         for key, what in (
             ("weights_sha256", "another model (different weights)"),
@@ -81,9 +97,16 @@ class Baseline:
         ):
             now = asdict(current)[key]
             now = list(now) if isinstance(now, tuple) else now
+            if key == "weights_sha256" and self.rebuilt_from_recipe(current):
+                continue
             if recorded.get(key) != now:
                 return f"{self.path} was recorded for {what}: {key} is {_short(recorded.get(key))} there, {_short(now)} in this run"
         return None
+
+    def rebuilt_from_recipe(self, current: Provenance) -> bool:
+        """Whether ``current`` is the embedded example built with other bits from this baseline's recipe."""
+        recipe = self.provenance.get("recipe")
+        return recipe is not None and recipe == current.recipe and self.provenance.get("weights_sha256") != current.weights_sha256
 
 
 def baseline_path(directory: Path, provenance: Provenance) -> Path:
@@ -118,6 +141,7 @@ def load(path: Path) -> Baseline | None:
             size_mb=_number(fp32["size_mb"]),
             latency_ms={k: _number(v) for k, v in fp32["latency_ms"].items()} if fp32.get("latency_ms") else None,
             predictions={str(k): _prediction(v) for k, v in data["predictions"].items()},
+            latency_records={str(k): _latency_record(v) for k, v in (data.get("latency_records") or {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QuantregError(f"baseline {path} is incomplete or malformed ({type(exc).__name__}: {exc}); {fix}") from None
@@ -128,13 +152,13 @@ def load(path: Path) -> Baseline | None:
     return baseline
 
 
-def record(measurement: Measurement, provenance: Provenance, device_name: str, versions: dict[str, str]) -> dict[str, Any]:
-    """The JSON document of a baseline from an FP32 measurement."""
+def record(measurement: Measurement, provenance: Provenance, hardware: Hardware, versions: dict[str, str]) -> dict[str, Any]:
+    """The JSON document of a baseline from an FP32 measurement (latency records are added by :func:`write_latency`)."""
     latency = measurement.latency
     return {
         "schema_version": SCHEMA_VERSION,
         "provenance": {**asdict(provenance), "labels": list(provenance.labels)},
-        "environment": {"device_name": device_name, "versions": versions, "timer": measurement.timer},
+        "environment": {"device_name": hardware.name, "hardware": hardware.to_json(), "versions": versions, "timer": measurement.timer},
         "recorded": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "fp32": {
             "accuracy": measurement.accuracy,
@@ -152,13 +176,41 @@ def record(measurement: Measurement, provenance: Provenance, device_name: str, v
 
 
 def write(path: Path, document: dict[str, Any]) -> str:
-    """Write atomically; return 'created', 'updated' or 'unchanged' (outcome ignoring date, timings)."""
+    """Write atomically; return 'created', 'updated' or 'unchanged' (outcome ignoring date, timings).
+
+    The latency records of the file being replaced are kept: they belong to other hardware too."""
     try:
         old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
         old = {}
     if old is not None and _stable(old) == _stable(document):
         return "unchanged"
+    if isinstance(old, dict) and isinstance(old.get("latency_records"), dict) and _stable(old)[0] == _stable(document)[0]:
+        document = {**document, "latency_records": old["latency_records"]}
+    _atomic_write(path, document)
+    return "created" if old is None else "updated"
+
+
+def write_latency(path: Path, hardware: Hardware, ratios: dict[str, LatencyRatio], versions: dict[str, str]) -> None:
+    """Store ``ratios`` under ``hardware``'s class in the baseline at ``path`` (which must exist),
+    replacing those precisions' earlier records for that class and keeping every other record."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    records = dict(document.get("latency_records") or {})
+    entry = dict(records.get(hardware.hardware_class) or {})
+    entry.update(
+        hardware=hardware.to_json(),
+        versions=versions,
+        recorded=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        ratios={
+            **dict(entry.get("ratios") or {}),
+            **{name: {"ratio": r.ratio, "ci95": list(r.ci95), "pairs": r.n} for name, r in ratios.items()},
+        },
+    )
+    records[hardware.hardware_class] = entry
+    _atomic_write(path, {**document, "latency_records": records})
+
+
+def _atomic_write(path: Path, document: dict[str, Any]) -> None:
     try:
         atomic_write_json(path, document)
     except OSError as exc:
@@ -166,7 +218,6 @@ def write(path: Path, document: dict[str, Any]) -> str:
             f"cannot write baseline {path}: {exc.strerror}; it is left as it was. "
             f"Free space in or make {path.parent} writable, or set --quantreg-baseline-dir"
         ) from None
-    return "created" if old is None else "updated"
 
 
 def _stable(document: dict[str, Any]) -> Any:
@@ -182,6 +233,15 @@ def _prediction(entry: dict[str, Any]) -> dict[str, Any]:
     if "logits" in entry:
         checked["logits"] = [_number(x) for x in entry["logits"]]
     return checked
+
+
+def _latency_record(entry: dict[str, Any]) -> dict[str, Any]:
+    """One hardware class's latency record, checked: ratios with their interval and pair count."""
+    ratios = {}
+    for name, value in dict(entry["ratios"]).items():
+        low, high = value["ci95"]
+        ratios[str(name)] = {"ratio": _number(value["ratio"]), "ci95": [_number(low), _number(high)], "pairs": int(value["pairs"])}
+    return {**entry, "ratios": ratios}
 
 
 def _number(value: Any) -> float:

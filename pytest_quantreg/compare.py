@@ -1,9 +1,10 @@
 """``quantreg compare BASE HEAD``: two pytest-benchmark runs of quantreg tests, side by side, gated.
 
 Benchmarks are matched by model, data set, precision and device type. Latency is compared as the
-ratio to the same run's FP32 (comparable across machines); absolute medians are shown, and judged
-only when both runs come from the same machine. Exit status: 0 nothing regressed, 1 a regression,
-2 bad input.
+ratio to the same run's FP32, and only when both runs come from the same hardware class (CPU or
+GPU model, torch's CPU capability, instruction set, threads): a quantized kernel's speed-up over
+FP32 differs twofold between CPU generations. Absolute medians are judged only when both runs come
+from the same machine. Exit status: 0 nothing regressed, 1 a regression, 2 bad input.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Entry:
     size_mb: float | None
     latency_ratio: float | None
     median_ms: float | None
+    hardware_class: str | None = None
 
     @property
     def key(self) -> Key:
@@ -153,6 +155,7 @@ def _entry(bench: Any) -> Entry | None:
         size_mb=number(info.get("size_mb")),
         latency_ratio=number(info.get("latency_ratio")),
         median_ms=median * 1000 if median is not None else None,
+        hardware_class=str(info["hardware_class"]) if info.get("hardware_class") else None,
     )
 
 
@@ -177,11 +180,15 @@ def compare_runs(base: Run, head: Run, thresholds: dict[str, float]) -> Comparis
             continue
         if row.base.weights != row.head.weights:
             notes.append(f"{row.key[2]}: the model's weights changed between BASE and HEAD")
-        row.regressions = _judge(row.base, row.head, thresholds, same_machine)
+        same_hardware = row.base.hardware_class == row.head.hardware_class
+        if not same_hardware:
+            base_class, head_class = row.base.hardware_class or "not recorded", row.head.hardware_class or "not recorded"
+            notes.append(f"different hardware classes (BASE {base_class}, HEAD {head_class}): latency is shown, not judged")
+        row.regressions = _judge(row.base, row.head, thresholds, same_machine, same_hardware)
     return Comparison(base, head, rows, list(dict.fromkeys(notes)))
 
 
-def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool) -> list[str]:
+def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool, same_hardware: bool) -> list[str]:
     found = []
     limit = thresholds.get("accuracy-drop")
     if limit is not None and base.accuracy is not None and head.accuracy is not None:
@@ -197,7 +204,7 @@ def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine:
     if limit is not None and base.size_mb and head.size_mb is not None and head.size_mb / base.size_mb - 1 > limit + 1e-9:
         found.append(f"size {base.size_mb:.2f} -> {head.size_mb:.2f} MB (+{head.size_mb / base.size_mb - 1:.1%} > {limit:.1%})")
     limit = thresholds.get("latency")
-    if limit is not None:
+    if limit is not None and same_hardware:
         pair = (base.latency_ratio, head.latency_ratio, "latency ratio to FP32")
         if base.precision == "fp32":
             pair = (base.median_ms, head.median_ms, "median latency (ms)") if same_machine else (None, None, "")

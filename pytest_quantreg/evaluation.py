@@ -87,6 +87,7 @@ class Measurement:
     timer: str
     batch_size: int = 1
     paired_s: tuple[tuple[float, float], ...] | None = None  # (this precision, partner FP32) seconds, timed back to back
+    kept_fp32: tuple[str, ...] = ()  # Linear layers this precision left in FP32 (--quantreg-keep-fp32)
 
     @property
     def accuracy(self) -> float:

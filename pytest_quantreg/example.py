@@ -1,9 +1,12 @@
 """The embedded example model: MiniLM fine-tuned on the tweets, built once into a cache.
 
-The build is deterministic (seeds, deterministic algorithms, a fixed thread count), goes to a
-temporary folder that is renamed into place, and runs under a file lock so that concurrent
-processes build it once. The cache key covers the recipe, the encoder weights and the data set,
-not the library versions: upgrading torch must not silently swap the model under test.
+The build is deterministic (seeds, deterministic algorithms, a fixed thread count) and runs in a
+child process whose CPU kernels are pinned to the AVX2 generation (``ATEN_CPU_CAPABILITY``,
+``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``), so every x86-64 CPU with AVX2 or newer
+builds the same bits whatever its own kernels would be. It goes to a temporary folder that is
+renamed into place, under a file lock so that concurrent processes build it once. The cache key
+covers the recipe, the encoder weights and the data set, not the library versions: upgrading
+torch must not silently swap the model under test.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import platform
 import random
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -53,6 +58,7 @@ class Recipe:
     bucket_window: int = 8  # batches sorted by length within windows of this many batches
     freeze_word_embeddings: bool = True
     threads: int = 2
+    kernels: str = "avx2"  # the CPU generation whose kernels the build runs (x86-64 with AVX2 or newer)
     train_limit: int | None = None  # first N training examples only: smoke builds
 
     @property
@@ -111,11 +117,37 @@ def example_model(force: bool = False, progress: bool = True, recipe: Recipe | N
             return target  # another process built it while we waited
         _remove_stale(root, recipe.key)
         tmp = root / f".tmp-example-{recipe.key}-{os.getpid()}"
-        build(tmp, recipe, dataset, progress=progress)
+        _build_in_child(tmp, recipe, progress)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     return target
+
+
+def kernel_env(recipe: Recipe) -> dict[str, str]:
+    """The environment that pins the build's CPU kernels to ``recipe.kernels`` (empty where it cannot)."""
+    if recipe.kernels != "avx2" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    from pytest_quantreg.hardware import cpu_features
+
+    if "avx2" not in cpu_features():
+        return {}  # an older x86-64 CPU: it builds with what it has, and the bits may differ
+    return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def _build_in_child(out: Path, recipe: Recipe, progress: bool) -> None:
+    """Run :func:`build` in a fresh process: torch reads the kernel variables only when it starts."""
+    env = {**os.environ, **kernel_env(recipe)}
+    command = [sys.executable, "-m", "pytest_quantreg.example", str(out), json.dumps(asdict(recipe))]
+    if not progress:
+        command.append("--quiet")
+    result = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE if not progress else None, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or "").strip().splitlines()[-1:] or ["its output is above"]
+        raise QuantregError(
+            f"building the example model failed (exit status {result.returncode}: {detail[0]}); "
+            "retry with `quantreg build-example --force`, or pass --quantreg-model=FOLDER"
+        )
 
 
 def cached_example() -> Path | None:
@@ -127,6 +159,12 @@ def cached_example() -> Path | None:
 def read_manifest(folder: Path) -> dict[str, object]:
     """The build manifest of an example model folder."""
     return dict(json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+
+
+def recipe_key(folder: Path) -> str:
+    """The key of the recipe an example model folder was built from: the example's identity."""
+    recipe = read_manifest(folder)["recipe"]
+    return Recipe(**recipe).key if isinstance(recipe, dict) else str(recipe)
 
 
 def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) -> None:
@@ -172,6 +210,7 @@ def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) ->
             "train_samples": len(dataset.train[: recipe.train_limit]),
             "build_seconds": round(time.perf_counter() - started, 1),
             "versions": library_versions(),
+            "kernels": _kernels_used(),
         },
     )
 
@@ -246,6 +285,16 @@ def _bucketed_batches(lengths: list[int], batch_size: int, window: int, generato
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def _kernels_used() -> dict[str, object]:
+    """The CPU kernels the build ran, for its manifest."""
+    import torch
+
+    from pytest_quantreg.hardware import KERNEL_ENV
+
+    env = {key: os.environ[key] for key in KERNEL_ENV if os.environ.get(key)}
+    return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "env": env, "machine": platform.machine()}
+
+
 def _seed_everything(seed: int) -> None:
     import numpy as np
     import torch
@@ -268,3 +317,28 @@ def _remove_stale(root: Path, key: str) -> None:
     """Delete temporary folders left by interrupted builds (we hold the lock)."""
     for stale in root.glob(f".tmp-example-{key}-*"):
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m pytest_quantreg.example OUT RECIPE_JSON [--quiet]``: the build in its own process."""
+    _exit_with_parent()
+    out, recipe = Path(argv[0]), Recipe(**json.loads(argv[1]))
+    build(out, recipe, load_embedded(), progress="--quiet" not in argv)
+    return 0
+
+
+def _exit_with_parent() -> None:
+    """On Linux, die with the process that started this build rather than train on as an orphan."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the line above
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    raise SystemExit(_child_main(sys.argv[1:]))

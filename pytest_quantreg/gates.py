@@ -2,8 +2,11 @@
 
 Prediction gates: accuracy drop (points), relative accuracy (percent of FP32, MLPerf style),
 optionally only when the drop is significant (``alpha``), flip rate and mean KL divergence.
-The latency gate fails only when the ratio's 95% confidence interval lies above the limit; the ratio
-pairs this precision's timings with FP32's timed back to back on the same samples.
+The latency gates fail only when the ratio's 95% confidence interval lies above their limit; the
+ratio pairs this precision's timings with FP32's timed back to back on the same samples. One limit
+is fixed (the "int8 must be worth it" contract); the other is the ratio recorded in the baseline
+for this hardware class plus a tolerance, so a slowdown is caught on any CPU, whatever its int8
+speed-up.
 A failure message carries the numbers, the statistics, each threshold and where it came from,
 the baseline file, and the flag that accepts the change.
 """
@@ -108,9 +111,12 @@ def _agreement_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[t
     return failures
 
 
-def check_latency(measurement: Measurement, limit: Limit) -> LatencyRatio:
-    """Fail when the latency ratio to FP32 (paired timings of this pass) is above the limit beyond
-    noise; skip when it cannot be judged."""
+def check_latency(
+    measurement: Measurement, limit: Limit, increase: Limit, record: LatencyRatio | None, hardware_class: str
+) -> LatencyRatio:
+    """Fail when the latency ratio to FP32 (paired timings of this pass) is above the fixed ``limit``,
+    or above the ``record`` for this hardware class by more than ``increase`` percent, beyond noise;
+    skip when it cannot be judged."""
     __tracebackhide__ = True
     name = measurement.precision
     if measurement.latencies_s is None:
@@ -123,15 +129,29 @@ def check_latency(measurement: Measurement, limit: Limit) -> LatencyRatio:
     ratio = latency_ratio(measurement.paired_s)
     if ratio is None:
         pytest.skip(f"latency gate for {name} not judged: no FP32 timings were paired with its timed pass")
-    if limit.value is None:
+    relative = increase.value is not None and record is not None
+    if limit.value is None and not relative:
         pytest.skip(f"no latency limit for {name} on this device; set one with --quantreg-max-latency-ratio={name}=N")
-    if ratio.ci95[0] > limit.value + _SLACK:
+    failures = []
+    if limit.value is not None and ratio.ci95[0] > limit.value + _SLACK:
+        failures.append(f"the whole interval is above max {limit.value:.3f} ({limit.source})")
+    if increase.value is not None and record is not None:
+        ceiling = record.ratio * (1 + increase.value / 100)
+        if ratio.ci95[0] > ceiling + _SLACK:
+            failures.append(
+                f"the whole interval is above {ceiling:.3f}: the {record.ratio:.3f} recorded for this hardware class "
+                f"+ {increase.value:g}% ({increase.source})"
+            )
+    if failures:
         pairs = measurement.paired_s or ()
         mine, fp32 = statistics.median(p[0] for p in pairs) * 1000, statistics.median(p[1] for p in pairs) * 1000
         pytest.fail(
-            f"{name} is too slow against FP32: {ratio.describe()}, the whole interval above max {limit.value:.3f} ({limit.source})\n"
-            f"  paired medians: {mine:.2f} ms vs FP32 {fp32:.2f} ms, timed back to back on the same samples\n"
-            f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N or @pytest.mark.quantreg(max_latency_ratio=N))",
+            f"{name} is too slow against FP32: {ratio.describe()}\n"
+            + "".join(f"  - {failure}\n" for failure in failures)
+            + f"  paired medians: {mine:.2f} ms vs FP32 {fp32:.2f} ms, timed back to back on the same samples\n"
+            f"  hardware class: {hardware_class}\n"
+            f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N, --quantreg-max-latency-increase={name}=N "
+            f"or the quantreg marker), or re-record the ratio on this hardware with {UPDATE_FLAG}",
             pytrace=False,
         )
     return ratio

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_quantreg import keep
 from pytest_quantreg.data import SampleSpec, parse_sample_spec
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.precisions import DEFAULT_PRECISIONS
@@ -60,6 +61,13 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "50",
         "Samples, spread over the sample, on which FP32 is timed back to back with each other precision's timed pass; "
         f"the latency ratio and its confidence interval come from these pairs (at least {MIN_PAIRS}; default: %(default)s)",
+    ),
+    (
+        "--quantreg-keep-fp32",
+        "quantreg_keep_fp32",
+        keep.DEFAULT,
+        "Modules the precisions that quantize Linear layers keep in FP32: head (the output head), none, "
+        "or comma-separated module names such as bert.pooler,bert.encoder.layer.5 (default: %(default)s)",
     ),
     (
         "--quantreg-baseline-dir",
@@ -126,6 +134,11 @@ GATES: tuple[Gate, ...] = (
         "Largest latency over FP32's, timed back to back on the same samples (median of the per-sample ratios); "
         "fails only when the ratio's 95% CI is above it",
     ),
+    Gate(
+        "max_latency_increase",
+        "Largest rise, in percent, of the latency ratio over the one recorded in the baseline for this hardware class; "
+        "fails only when the ratio's 95% CI is above it",
+    ),
 )
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -190,12 +203,14 @@ class Settings:
     warmup: int
     batch_size: int
     latency_pairs: int
+    keep_fp32: tuple[str, ...]
     baseline_dir: Path
     update_baselines: bool
     trust_remote_code: bool
     weights_report: Path | None
     report_dir: Path | None
     limits: dict[str, Limits]
+    library_tracebacks: bool = False  # -v or --tb=long: show a library's traceback under its one-line failure
 
     @property
     def device_type(self) -> str:
@@ -235,12 +250,14 @@ def resolve(config: pytest.Config) -> Settings:
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),
             latency_pairs=_integer("--quantreg-latency-pairs", get("quantreg_latency_pairs"), minimum=MIN_PAIRS),
+            keep_fp32=keep.parse(get("quantreg_keep_fp32")),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
             trust_remote_code=flag("quantreg_trust_remote_code"),
             weights_report=path("quantreg_weights_report"),
             report_dir=path("quantreg_report"),
             limits={gate.key: _limits(config, gate) for gate in GATES},
+            library_tracebacks=config.get_verbosity() > 0 or config.getoption("tbstyle", "auto") in ("long", "native"),
         )
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None

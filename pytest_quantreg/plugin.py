@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_quantreg import hooks, options, xdist
+from pytest_quantreg import hooks, keep, options, xdist
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.failures import LibraryFailure
 from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency
 from pytest_quantreg.models import check_model_dir
 from pytest_quantreg.precisions import builtin_registry
@@ -33,10 +34,11 @@ if TYPE_CHECKING:
 
 RUN = pytest.StashKey[QuantregRun]()
 GATE_KEYS = tuple(gate.key for gate in options.GATES)
-MARKER_KEYS = frozenset({*GATE_KEYS, "precisions"})
+MARKER_KEYS = frozenset({*GATE_KEYS, "precisions", "keep_fp32"})
 MARKER_HELP = (
-    f"quantreg({', '.join(f'{key}=None' for key in GATE_KEYS)}, precisions=None): per-test gates "
-    "(a number, or a dict of precision -> number) and the precisions this test runs for"
+    f"quantreg({', '.join(f'{key}=None' for key in GATE_KEYS)}, precisions=None, keep_fp32=None): per-test gates "
+    "(a number, or a dict of precision -> number), the precisions this test runs for, and the modules its "
+    "quantized models keep in FP32 (head, none or module names)"
 )
 
 
@@ -139,7 +141,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from pytest_quantreg.report import header
 
     run = config.stash.get(RUN, None)
-    return header(run) if run is not None else []
+    return header(run, hardware=not config.option.collectonly) if run is not None else []  # collection imports no torch
 
 
 # -- collection ------------------------------------------------------------------------------------
@@ -189,6 +191,11 @@ def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
                 kwargs[key] = options.threshold(gate, value, where)
         except QuantregError as exc:
             pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+    if kwargs.get("keep_fp32") is not None:
+        try:
+            kwargs["keep_fp32"] = keep.parse(kwargs["keep_fp32"], "quantreg marker keep_fp32")
+        except QuantregError as exc:
+            pytest.fail(f"{nodeid}: {exc}", pytrace=False)
     precisions = kwargs.get("precisions")
     if isinstance(precisions, str):
         kwargs["precisions"] = [precisions]
@@ -232,7 +239,7 @@ def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Modul
     if problem:
         run.skipped[precision] = problem
         pytest.skip(problem)
-    model = _user_errors(lambda: run.build(run.registry[precision]))
+    model = _user_errors(lambda: run.build(run.registry[precision]), run)
     if run.settings.weights_report is not None:
         run.weight_report(precision, model)
     yield model
@@ -267,10 +274,14 @@ class Quantreg:
         self._run = run
         self._marker = marker
         self.precision = precision
+        self.keep_fp32: tuple[str, ...] = marker.get("keep_fp32", run.settings.keep_fp32)
+        self.label = run.label(precision, self.keep_fp32)  # the precision's name, or name[keep-fp32=...] for a marker's own set
 
     @property
     def model(self) -> torch.nn.Module:
-        return self._request.getfixturevalue("quantreg_model")
+        if self.label == self.precision:
+            return self._request.getfixturevalue("quantreg_model")
+        return _user_errors(lambda: self._run.variant_model(self.precision, self.keep_fp32), self._run)
 
     def limit(self, key: str) -> Limit:
         """The threshold of gate ``key`` (e.g. ``max_drop``, ``max_flip_rate``) for this precision, and its source."""
@@ -286,7 +297,7 @@ class Quantreg:
     def measure(self, timed: bool = False) -> Measurement:
         """The pass at this precision: reused within the session, timed through pytest-benchmark when asked."""
         benchmark = self._benchmark() if timed else None
-        result = _user_errors(lambda: self._run.measure(self.precision, self.model, benchmark, timed))
+        result = _user_errors(lambda: self._run.measure(self.label, self.model, benchmark, timed), self._run)
         if benchmark is not None:
             self._record_extra_info(benchmark, result)
         return result
@@ -307,7 +318,11 @@ class Quantreg:
                 f"latency gate for {self.precision} not judged under pytest-xdist: pytest-benchmark does not time in workers "
                 "and parallel workers share the CPU; run the latency tests without -n (e.g. pytest -k latency)"
             )
-        return check_latency(self.measure(timed=True), self.limit("max_latency_ratio"))
+        result = self.measure(timed=True)
+        increase = self.limit("max_latency_increase")
+        judge_record = increase.value is not None and not self._run.settings.update_baselines  # a run that records does not judge
+        record = self._run.latency_record(self.label) if judge_record else None
+        return check_latency(result, self.limit("max_latency_ratio"), increase, record, self._run.hardware.hardware_class)
 
     def _benchmark(self) -> Any | None:
         if not self._request.config.pluginmanager.hasplugin("benchmark"):
@@ -318,8 +333,12 @@ class Quantreg:
         run = self._run
         benchmark.group = f"quantreg {run.model_name} {run.settings.device_type}"
         info: dict[str, Any] = {
-            "precision": self.precision,
+            "precision": self.label,
             "device": run.device,
+            "hardware": run.hardware.to_json(),
+            "hardware_class": run.hardware.hardware_class,
+            "keep_fp32": keep.describe(self.keep_fp32),
+            "kept_fp32": list(result.kept_fp32),
             "model": run.model_name,
             "weights_sha256": run.weights_sha256,
             "dataset_sha256": run.dataset.sha256,
@@ -349,13 +368,17 @@ class Quantreg:
         benchmark.extra_info.update(info)
 
 
-def _user_errors(call: Any) -> Any:
-    """Run ``call``; a user mistake fails the test with its message instead of a traceback."""
+def _user_errors(call: Any, run: QuantregRun | None = None) -> Any:
+    """Run ``call``; a user mistake fails the test with its message instead of a traceback, and so does
+    a library's crash (its traceback shown under the message with -v or --tb=long)."""
     __tracebackhide__ = True
     try:
         return call()
     except QuantregError as exc:
         pytest.fail(str(exc), pytrace=False)
+    except LibraryFailure as exc:
+        tracebacks = run is not None and run.settings.library_tracebacks
+        raise pytest.fail.Exception(str(exc), pytrace=tracebacks) from (exc.__cause__ if tracebacks else None)
 
 
 def _user_errors_or_none(call: Any) -> Any:
@@ -384,7 +407,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN, None)
     if run is None:
         return
-    run.release_partner()
+    run.release_models()
+    if not xdist.is_worker(session.config):
+        try:
+            run.record_latency()
+        except QuantregError as exc:
+            run.skipped["latency record"] = str(exc)
     if xdist.is_worker(session.config):
         session.config.workeroutput[xdist.KEY] = xdist.worker_output(run)  # type: ignore[attr-defined]
         return
@@ -433,6 +461,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         what = "report file" if outcome == "written" and path != run.settings.weights_report else "baseline"
         what = "weight report" if path == run.settings.weights_report else what
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
+    difference = _user_errors_or_none(run.build_difference)
+    for note in ([difference] if difference else []) + list(run.notes.values()):
+        terminalreporter.write_line(f"quantreg: {note}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")
     quantized = [n for n in run.selected if n != FP32]

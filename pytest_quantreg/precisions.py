@@ -7,6 +7,7 @@ A precision turns a model folder into a model on a device. Built-ins cover the s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import re
@@ -30,12 +31,18 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a build function gets: the FP32 model folder, the target device, and whether the
-    folder's own code may run (``--quantreg-trust-remote-code``)."""
+    """What a build function gets: the FP32 model folder, the target device, whether the folder's
+    own code may run (``--quantreg-trust-remote-code``), and the Linear layers to keep in FP32
+    (``--quantreg-keep-fp32`` resolved to module names; by default the output head)."""
 
     model_dir: Path
     device: str
     trust_remote_code: bool = False
+    keep_fp32: tuple[str, ...] = ()
+
+    def keeps(self, module_name: str) -> bool:
+        """Whether the Linear layer ``module_name`` is to stay in FP32."""
+        return module_name in self.keep_fp32
 
     def load(self, **kwargs: Any) -> torch.nn.Module:
         """Load the model folder (offline, safetensors) with extra ``from_pretrained`` arguments.
@@ -64,6 +71,7 @@ class Precision:
     requires: tuple[str, ...] = ()
     max_flip_rate: float | None = None
     max_kl: float | None = None
+    max_latency_increase: float | None = 10.0
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this precision cannot run on ``device_type`` here, or None when it can."""
@@ -90,6 +98,8 @@ class Precision:
         """This precision's default for the gate ``key`` on ``device_type`` (None: not gated by default)."""
         if key == "max_latency_ratio":
             return self.max_latency_ratio.get(device_type)
+        if key == "max_latency_increase":
+            return None if self.name == "fp32" else self.max_latency_increase
         return {"max_drop": self.max_drop, "max_flip_rate": self.max_flip_rate, "max_kl": self.max_kl}.get(key)
 
 
@@ -120,6 +130,7 @@ class Registry:
         requires: Iterable[str] = (),
         max_flip_rate: float | None = None,
         max_kl: float | None = None,
+        max_latency_increase: float | None = 10.0,
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -136,8 +147,16 @@ class Registry:
                 requires=tuple(requires),
                 max_flip_rate=max_flip_rate,
                 max_kl=max_kl,
+                max_latency_increase=max_latency_increase,
             )
         )
+
+    def replace(self, name: str, **changes: Any) -> None:
+        """Change a registered precision: wrap a built-in's build, or change its default gates, e.g.
+        ``registry.replace("int8-dynamic", build=compiled(registry["int8-dynamic"].build))``."""
+        if name not in self._items:
+            raise QuantregError(f"no precision {name!r} to replace; registered: {', '.join(self.names())}")
+        self._items[name] = dataclasses.replace(self._items[name], **changes)
 
     def __getitem__(self, name: str) -> Precision:
         return self._items[name]
@@ -185,7 +204,8 @@ def _int8_dynamic(ctx: BuildContext) -> torch.nn.Module:
     import torch
 
     model = ctx.load()
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    linear = {name for name, module in model.named_modules() if type(module) is torch.nn.Linear and not ctx.keeps(name)}
+    return torch.ao.quantization.quantize_dynamic(model, linear, dtype=torch.qint8)
 
 
 def _bnb(**config: Any) -> Builder:
@@ -196,6 +216,7 @@ def _bnb(**config: Any) -> Builder:
         options = dict(config)
         if options.get("load_in_4bit"):
             options["bnb_4bit_compute_dtype"] = torch.float16 if ctx.device.startswith("cuda") else torch.float32
+        options["llm_int8_skip_modules"] = list(ctx.keep_fp32)  # [] quantizes all: None would add transformers' own picks
         device_map: dict[str, Any] = {"": torch.device(ctx.device)}
         return ctx.load(quantization_config=BitsAndBytesConfig(**options), device_map=device_map)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pytest_quantreg import keep
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.example import library_versions
@@ -16,11 +17,16 @@ from pytest_quantreg.weights import WeightReport
 TITLE = "QUANTIZATION COMPARISON SUMMARY"
 
 
-def header(run: QuantregRun) -> list[str]:
-    """Lines that make the run reproducible: model, data, sample, device, precisions, versions."""
+def header(run: QuantregRun, hardware: bool = True) -> list[str]:
+    """Lines that make the run reproducible: model, data, sample, device, precisions, modules kept in
+    FP32, versions, and (``hardware``: it imports torch) the hardware."""
     s = run.settings
     batches = f", untimed passes in length-bucketed batches of {s.batch_size}" if s.batch_size > 1 else ""
     lines = [f"quantreg: device {run.device}, precisions {', '.join(run.selected)}{batches}"]
+    lines.append(
+        f"quantreg: kept in FP32 by the precisions that quantize Linear layers: {keep.describe(s.keep_fp32)} "
+        f"({keep.OPTION}; 'none' quantizes every Linear layer)"
+    )
     if batches and "int8-dynamic" in run.selected:
         lines.append(
             "quantreg: note: int8-dynamic scales activations per batch, so in batches its predictions depend on their batch-mates "
@@ -41,6 +47,8 @@ def header(run: QuantregRun) -> list[str]:
     installed = library_versions()
     versions = ", ".join(f"{name} {installed[name]}" for name in ("torch", "transformers", "bitsandbytes"))
     lines.append(f"quantreg versions: {versions}")
+    if hardware:
+        lines.append(f"quantreg hardware: {run.hardware.describe()}")
     return lines
 
 
@@ -81,6 +89,8 @@ def summary_table(measurements: dict[str, Measurement], reference: Reference | N
     add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
     if fp32 is not None:
         add("latency ratio, paired [95% CI]", ratio_cell, lambda m, f: "")
+    if any(m.kept_fp32 for m in measurements.values()):
+        add("kept in FP32", lambda m: keep.short(m.kept_fp32), lambda m, f: "")
     if reference is not None:
         stats = {n: compare(measurements[n], reference) for n in names}
         for metric, cell in STATISTICS:
@@ -111,7 +121,8 @@ def ratio_cell(measurement: Measurement) -> str:
 
 def weight_lines(report: WeightReport, worst: int = 5) -> list[str]:
     """The per-layer-kind summary and the ``worst`` layers of one precision."""
-    lines = [f"{report.precision}: {len(report.layers)} Linear layers compared with FP32"]
+    kept = f" ({len(report.kept_fp32)} kept in FP32: {', '.join(report.kept_fp32)})" if report.kept_fp32 else ""
+    lines = [f"{report.precision}: {len(report.layers)} Linear layers compared with FP32{kept}"]
     kinds = report.by_kind()
     width = max((len(k.kind) for k in kinds), default=4)
     lines.append(f"  {'layer kind'.ljust(width)} | layers | min SNR dB | mean SNR dB | mean rel L2 | max |err|")

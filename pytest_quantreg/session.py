@@ -1,12 +1,15 @@
 """The state of one quantreg run: settings, lazily loaded data and models, measurements, writes.
 
 Everything expensive is loaded on first use and once: the data set, its sample, the tokenized
-inputs, the FP32 reference measurement, the baseline, and the FP32 model that timed passes of the
-other precisions pair with (kept until the session ends).
+inputs, the FP32 reference measurement, the baseline, the hardware, the Linear layers kept in
+FP32, and the FP32 model that timed passes of the other precisions pair with (kept until the
+session ends). Measurements are keyed by label: the precision's name, or for a test whose marker
+keeps other modules in FP32, ``name[keep-fp32=...]``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 from dataclasses import dataclass, field
@@ -15,19 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_quantreg import baselines
+from pytest_quantreg import baselines, keep
 from pytest_quantreg.data import EMBEDDED_LABELS, Dataset, Sample, draw_sample, load_embedded, load_file
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Inputs, Measurement, measure, tokenize
 from pytest_quantreg.example import library_versions
+from pytest_quantreg.failures import library_failures
 from pytest_quantreg.gates import FP32
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
-from pytest_quantreg.stats import Reference
+from pytest_quantreg.stats import LatencyRatio, Reference, latency_ratio
 
 if TYPE_CHECKING:
     import torch
 
+    from pytest_quantreg.hardware import Hardware
     from pytest_quantreg.weights import WeightReport
 
 EXAMPLE_NAME = "quantreg-example-minilm-tweets"
@@ -44,8 +49,13 @@ class QuantregRun:
     written: list[tuple[str, Path]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     weight_reports: dict[str, WeightReport] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> Linear layers really kept in FP32
     _fp32_weights: dict[str, torch.Tensor] | None = None
     _partner: torch.nn.Module | None = None
+    _variants: dict[str, torch.nn.Module] = field(default_factory=dict)
+    _keep_names: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    _recorded_fp32: bool = False
 
     @property
     def device(self) -> str:
@@ -115,21 +125,63 @@ class QuantregRun:
             max_length=self.settings.max_length,
             labels=self.labels,
             device_type=self.settings.device_type,
+            recipe=self.recipe_key,
         )
+
+    @functools.cached_property
+    def recipe_key(self) -> str | None:
+        """The embedded example's recipe key (None for the user's own model)."""
+        if self.settings.model is not None:
+            return None
+        from pytest_quantreg.example import recipe_key
+
+        return recipe_key(self.model_dir)
 
     @property
     def baseline_path(self) -> Path:
         return baselines.baseline_path(self.settings.baseline_dir, self.provenance)
 
-    def build(self, precision: Precision) -> torch.nn.Module:
-        """Build the model of ``precision`` on this run's device."""
+    @functools.cached_property
+    def hardware(self) -> Hardware:
+        """The device this run measures on, as kernels and timings depend on it."""
+        from pytest_quantreg.hardware import detect
+
+        return detect(self.device)
+
+    def label(self, name: str, keep_fp32: tuple[str, ...] | None = None) -> str:
+        """The measurement label of precision ``name`` built keeping ``keep_fp32`` (None: this run's setting)."""
+        if keep_fp32 is None or keep_fp32 == self.settings.keep_fp32 or name == FP32:
+            return name
+        return f"{name}[keep-fp32={keep.describe(keep_fp32)}]"
+
+    def keep_names(self, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        """``--quantreg-keep-fp32`` tokens resolved to this model's Linear layer names (once per setting)."""
+        if tokens not in self._keep_names:
+            if not tokens:
+                self._keep_names[tokens] = ()
+            else:
+                model = keep.meta_model(self.model_dir, self.settings.trust_remote_code)
+                num_labels = int(getattr(getattr(model, "config", None), "num_labels", len(self.labels)))
+                self._keep_names[tokens] = keep.resolve(tokens, keep.linear_layers(model), num_labels)
+        return self._keep_names[tokens]
+
+    def build(self, precision: Precision, keep_fp32: tuple[str, ...] | None = None) -> torch.nn.Module:
+        """Build the model of ``precision`` on this run's device, keeping ``keep_fp32`` (None: the run's
+        setting) in FP32; record which Linear layers it really kept. A library's exception raises
+        :class:`~pytest_quantreg.failures.LibraryFailure`."""
         from pytest_quantreg.models import known_noise_filtered
 
-        with known_noise_filtered():
-            return precision.build(BuildContext(self.model_dir, self.device, self.settings.trust_remote_code))
+        tokens = self.settings.keep_fp32 if keep_fp32 is None else keep_fp32
+        names = self.keep_names(tokens) if precision.name != FP32 else ()
+        context = BuildContext(self.model_dir, self.device, self.settings.trust_remote_code, names)
+        with library_failures(precision.name, "building", self.hardware.describe), known_noise_filtered():
+            model = precision.build(context)
+        self.kept[self.label(precision.name, tokens)] = keep.kept_in_fp32(model, names)
+        return model
 
     def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
-        """Measure ``model`` once per session; measure again only when a timed pass is asked of an untimed one."""
+        """Measure ``model`` (label ``name``) once per session; measure again only when a timed pass is
+        asked of an untimed one."""
         from pytest_quantreg.models import known_noise_filtered, state_dict_size_mb
 
         cached = self.measurements.get(name)
@@ -138,7 +190,7 @@ class QuantregRun:
         size = cached.size_mb if cached is not None else state_dict_size_mb(model)
         timing = timed and not getattr(benchmark, "disabled", False)
         partner = self.timing_partner() if timing and name != FP32 else None
-        with known_noise_filtered():
+        with library_failures(name, "running", self.hardware.describe), known_noise_filtered():
             result = measure(
                 model,
                 self.inputs,
@@ -151,6 +203,7 @@ class QuantregRun:
                 partner=partner,
                 pairs=self.settings.latency_pairs,
             )
+        result = dataclasses.replace(result, kept_fp32=self.kept.get(name, ()))
         self.measurements[name] = result
         return result
 
@@ -160,10 +213,18 @@ class QuantregRun:
             self._partner = self.build(self.registry[FP32])
         return self._partner
 
-    def release_partner(self) -> None:
-        """Drop the FP32 timing partner: the session's timed passes are over."""
-        if self._partner is not None:
+    def variant_model(self, name: str, keep_fp32: tuple[str, ...]) -> torch.nn.Module:
+        """Precision ``name`` built keeping another set of modules in FP32 (a test's quantreg marker); built once."""
+        label = self.label(name, keep_fp32)
+        if label not in self._variants:
+            self._variants[label] = self.build(self.registry[name], keep_fp32)
+        return self._variants[label]
+
+    def release_models(self) -> None:
+        """Drop the FP32 timing partner and the marker variants: the session's tests are over."""
+        if self._partner is not None or self._variants:
             self._partner = None
+            self._variants.clear()
             release_memory()
 
     def fp32_reference(self) -> Measurement:
@@ -185,7 +246,7 @@ class QuantregRun:
         if name not in self.weight_reports:
             if self._fp32_weights is None:
                 self._fp32_weights = linear_weights(model) if name == FP32 else self._load_fp32_weights()
-            self.weight_reports[name] = weight_report(name, self._fp32_weights, model)
+            self.weight_reports[name] = weight_report(name, self._fp32_weights, model, self.kept.get(name, ()))
         return self.weight_reports[name]
 
     def _load_fp32_weights(self) -> dict[str, torch.Tensor]:
@@ -212,10 +273,7 @@ class QuantregRun:
         """The stored FP32 baseline, recorded first when asked; fail the test when unusable."""
         __tracebackhide__ = True
         path = self.baseline_path
-        if self.settings.update_baselines and not any(p == path for _, p in self.written):
-            reference = self.fp32_reference()
-            document = baselines.record(reference, self.provenance, self.device_name, library_versions())
-            self.written.append((baselines.write(path, document), path))
+        self._record_fp32_if_asked()
         found = baselines.load(path)
         if found is None:
             pytest.fail(
@@ -228,6 +286,60 @@ class QuantregRun:
             pytest.fail(f"{problem}\n  not compared. If the change is intended, re-record with {baselines.UPDATE_FLAG}", pytrace=False)
         return found
 
+    def _record_fp32_if_asked(self) -> None:
+        """With ``--quantreg-update-baselines``, record FP32's outcome once per session."""
+        if self.settings.update_baselines and not self._recorded_fp32:
+            path = self.baseline_path
+            document = baselines.record(self.fp32_reference(), self.provenance, self.hardware, library_versions())
+            self.written.append((baselines.write(path, document), path))
+            self._recorded_fp32 = True
+
+    def latency_record(self, name: str) -> LatencyRatio | None:
+        """The latency ratio recorded for ``name`` on this hardware class, or None (with a note saying why)."""
+        hardware_class = self.hardware.hardware_class
+        baseline = self.usable_baseline()
+        record = baseline.latency_ratio(hardware_class, name) if baseline is not None else None
+        if record is None and not self.settings.update_baselines:
+            where = baseline.path if baseline is not None else self.baseline_path
+            self.notes[f"no latency record {name}"] = (
+                f"no latency ratio recorded for {name} on this hardware class ({hardware_class}) in {where}: only its fixed "
+                f"limit judged it; record one on this machine with {baselines.UPDATE_FLAG}"
+            )
+        return record
+
+    def record_latency(self) -> None:
+        """With ``--quantreg-update-baselines``, store this run's paired latency ratios for this hardware class."""
+        ratios = {name: latency_ratio(m.paired_s) for name, m in self.measurements.items() if name != FP32}
+        measured = {name: ratio for name, ratio in ratios.items() if ratio is not None}
+        if not self.settings.update_baselines or not measured:
+            return
+        self._record_fp32_if_asked()
+        path = self.baseline_path
+        baselines.write_latency(path, self.hardware, measured, library_versions())
+        listed = ", ".join(f"{name} {ratio.ratio:.3f}" for name, ratio in measured.items())
+        self.notes["latency recorded"] = f"latency ratios recorded for {self.hardware.hardware_class}: {listed} in {path}"
+
+    def build_difference(self) -> str | None:
+        """When the example here has other bits than the baseline's build of the same recipe: how far apart."""
+        if not self.measurements:
+            return None  # nothing was run: do not build the example just to say this
+        baseline = self.usable_baseline()
+        if baseline is None or not baseline.rebuilt_from_recipe(self.provenance):
+            return None
+        text = (
+            f"the example was built here with other bits than the baseline's (weights sha256 {self.weights_sha256[:12]} here, "
+            f"{str(baseline.provenance.get('weights_sha256'))[:12]} in {baseline.path.name}; same recipe {self.recipe_key}, "
+            "so another CPU architecture or kernel library): FP32 is judged by its drift gates against the stored predictions"
+        )
+        fp32 = self.measurements.get(FP32)
+        if fp32 is not None:
+            from pytest_quantreg.stats import compare
+
+            stats = compare(fp32, baseline.reference())
+            logit = f", max |logit change| {stats.max_logit_change:.4f}" if stats.max_logit_change is not None else ""
+            text += f"; they differ by: flip rate {stats.flip_rate:.2%} ({stats.flips}/{stats.n}), mean KL {stats.kl_mean:.6f}{logit}"
+        return text
+
     def usable_baseline(self) -> baselines.Baseline | None:
         """The stored baseline when it exists, reads and matches this run; never fails the test."""
         try:
@@ -235,16 +347,6 @@ class QuantregRun:
         except QuantregError:
             return None
         return found if found is not None and found.mismatch(self.provenance) is None else None
-
-    @functools.cached_property
-    def device_name(self) -> str:
-        import platform
-
-        if self.settings.device_type == "cuda":
-            import torch
-
-            return str(torch.cuda.get_device_name(self.device))
-        return platform.processor() or platform.machine()
 
 
 def _satisfies(cached: Measurement, benchmark: Any | None, timed: bool) -> bool:

@@ -1,7 +1,9 @@
 """Per-layer weight quantization error: each quantized Linear layer dequantized and compared with FP32.
 
 Supported storages: float casts (fp16, bf16, fp32), torch dynamic int8 packed weights, and
-bitsandbytes LLM.int8 and 4-bit (NF4 / FP4) parameters. Errors are computed in float64.
+bitsandbytes LLM.int8 and 4-bit (NF4 / FP4) parameters, including the layout bitsandbytes repacks
+4-bit weights into on CPUs with AVX-512 BF16 at their first forward pass. Layers kept in FP32
+(``--quantreg-keep-fp32``) are listed as such. Errors are computed in float64.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class WeightReport:
 
     precision: str
     layers: tuple[LayerError, ...]
+    kept_fp32: tuple[str, ...] = ()
 
     def worst(self, count: int = 5) -> list[LayerError]:
         """The ``count`` layers with the lowest SNR."""
@@ -78,6 +81,7 @@ class WeightReport:
         """The full table; an infinite SNR (exact weights) is written as null."""
         return {
             "precision": self.precision,
+            "kept_fp32": list(self.kept_fp32),
             "layers": [_finite(asdict(layer)) for layer in self.layers],
             "by_kind": [_finite(asdict(summary)) for summary in self.by_kind()],
         }
@@ -103,16 +107,20 @@ def linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: weight.clone() for name, weight, _ in _dequantized(model)}
 
 
-def weight_report(precision: str, reference: dict[str, torch.Tensor], model: torch.nn.Module) -> WeightReport:
-    """Compare every Linear-like layer of ``model`` with the FP32 weight of the same name."""
+def weight_report(
+    precision: str, reference: dict[str, torch.Tensor], model: torch.nn.Module, kept_fp32: tuple[str, ...] = ()
+) -> WeightReport:
+    """Compare every Linear-like layer of ``model`` with the FP32 weight of the same name; ``kept_fp32``
+    names the layers the precision kept in FP32 on purpose."""
     rows = []
     for name, weight, storage in _dequantized(model):
         fp32 = reference.get(name)
         if fp32 is None or fp32.shape != weight.shape:
             continue
         rel, snr, cosine, max_abs = error_metrics(fp32, weight)
+        storage = f"{storage}, kept in FP32" if name in kept_fp32 else storage
         rows.append(LayerError(name, _INDEX.sub(".*", name), storage, tuple(weight.shape), rel, snr, cosine, max_abs))
-    return WeightReport(precision, tuple(rows))
+    return WeightReport(precision, tuple(rows), kept_fp32)
 
 
 def dequantized_weight(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
@@ -137,14 +145,38 @@ def _bitsandbytes_layer(module: torch.nn.Module) -> tuple[torch.Tensor, str] | N
     import bitsandbytes as bnb
 
     weight: Any = getattr(module, "weight", None)
-    if isinstance(module, bnb.nn.Linear8bitLt) and getattr(weight, "SCB", None) is not None:
-        codes = weight.CB if getattr(weight, "CB", None) is not None else weight.data
-        return bnb.functional.int8_vectorwise_dequant(codes, weight.SCB).float().cpu(), "bitsandbytes int8 row-wise"
+    if isinstance(module, bnb.nn.Linear8bitLt):
+        state = getattr(module, "state", None)  # the first forward pass moves the row scales there
+        scales = getattr(weight, "SCB", None)
+        scales = scales if scales is not None else getattr(state, "SCB", None)
+        if scales is not None:
+            codes = weight.CB if getattr(weight, "CB", None) is not None else weight.data
+            return bnb.functional.int8_vectorwise_dequant(codes, scales).float().cpu(), "bitsandbytes int8 row-wise"
     if isinstance(module, bnb.nn.Linear4bit) and getattr(weight, "quant_state", None) is not None:
         state = weight.quant_state
-        dequantized = bnb.functional.dequantize_4bit(weight.data, state).float().cpu()
-        return dequantized, f"bitsandbytes {state.quant_type} block {state.blocksize}"
+        storage = f"bitsandbytes {state.quant_type} block {state.blocksize}"
+        if getattr(state, "packing_format_for_cpu", False):
+            return _unpack_cpu_4bit(weight.data, state).cpu(), storage + " (CPU-packed, bf16 scales)"
+        return bnb.functional.dequantize_4bit(weight.data, state).float().cpu(), storage
     return None
+
+
+def _unpack_cpu_4bit(packed: torch.Tensor, state: Any, block_n: int = 32) -> torch.Tensor:
+    """Dequantize the layout bitsandbytes repacks 4-bit weights into on AVX-512 BF16 CPUs.
+
+    ``packed`` is ``[N, K/2]`` bytes: per group of ``block_n`` rows, column pairs interleaved, low
+    nibbles for the group's first 32 values of a byte pair run and high nibbles for the next 32;
+    ``state.absmax`` is ``[K / blocksize, N]`` in bfloat16 (transposed, one scale per row block).
+    """
+    import torch
+
+    rows, half = packed.shape
+    nibbles = packed.reshape(-1, 32)
+    codes = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1)  # each run of 64: 32 low nibbles, then 32 high
+    codes = codes.reshape(rows // block_n, half, block_n, 2).transpose(1, 2).reshape(rows, half * 2)
+    values = state.code.float().cpu()[codes.long()]
+    scales = state.absmax.float().T.repeat_interleave(state.blocksize, dim=1)  # [N, K]
+    return values * scales
 
 
 def _dequantized(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:

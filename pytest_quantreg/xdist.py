@@ -30,6 +30,7 @@ def worker_output(run: QuantregRun) -> dict[str, Any]:
     return {
         "measurements": [dataclasses.asdict(m) for m in run.measurements.values()],
         "skipped": dict(run.skipped),
+        "notes": dict(run.notes),
         "written": [[outcome, str(path)] for outcome, path in run.written],
         "weight_reports": [dataclasses.asdict(r) for r in run.weight_reports.values()],
     }
@@ -43,12 +44,13 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
     order = {name: index for index, name in enumerate(run.selected)}  # the serial run's order, whichever worker finished first
     run.measurements = dict(sorted(run.measurements.items(), key=lambda item: order.get(item[0], len(order))))
     run.skipped.update(output.get("skipped", {}))
+    run.notes.update(output.get("notes", {}))
     for outcome, path in output.get("written", []):
         if (outcome, Path(path)) not in run.written:
             run.written.append((outcome, Path(path)))
     for data in output.get("weight_reports", []):
         layers = tuple(LayerError(**_tuples(layer)) for layer in data["layers"])
-        run.weight_reports[data["precision"]] = WeightReport(data["precision"], layers)
+        run.weight_reports[data["precision"]] = WeightReport(data["precision"], layers, tuple(data.get("kept_fp32", ())))
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, hidden-32 BERT sequence classifier with a word-level tokenizer, saved offline."""
+    """A 2-layer, hidden-64 BERT sequence classifier with a word-level tokenizer, saved offline."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
@@ -37,10 +37,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
-        hidden_size=32,
+        hidden_size=64,  # bitsandbytes' 4-bit kernels for AVX-512 BF16 CPUs need at least 64 inputs per layer
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=128,
         max_position_embeddings=64,
         num_labels=2,
         initializer_range=0.2,

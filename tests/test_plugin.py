@@ -36,6 +36,10 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-max-flip-rate=N",
         "--quantreg-max-kl=N",
         "--quantreg-max-latency-ratio=N",
+        "--quantreg-max-latency-increase=N",
+        "--quantreg-keep-fp32=FP32",
+        "--quantreg-latency-pairs=PAIRS",
+        "--quantreg-report=REPORT",
         "--quantreg-weights-report=REPORT",
         "--quantreg-text-column=COLUMN",
         "--quantreg-label-column=COLUMN",
@@ -45,7 +49,7 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     pytester.runpytest("--markers").stdout.fnmatch_lines(
         [
             "@pytest.mark.quantreg(max_drop=None, min_relative_accuracy=None, alpha=None, max_flip_rate=None, max_kl=None, "
-            "max_latency_ratio=None, precisions=None):*"
+            "max_latency_ratio=None, max_latency_increase=None, precisions=None, keep_fp32=None):*"
         ]
     )
 
@@ -144,7 +148,7 @@ def test_fp32_drift_fails_against_its_baseline(quantreg_pytester: pytest.Pyteste
             "*FP32 drifted from its stored baseline: accuracy 100.00% vs FP32 baseline 96.67% on 60 samples",
             "*- flip rate 3.33% (2/60) > max 1.00% (default for fp32)",
             "*statistics: drop 95% CI [[]*, *] pp, McNemar p 0.5 (0 FP32-only right, 2 quantized-only right), flip rate 3.33% (2/60)*",
-            "*accept it: raise the limit (--quantreg-max-flip-rate=fp32=N, or the quantreg marker), "
+            "*accept it: raise the limit (--quantreg-max-flip-rate=fp32=N, --quantreg-max-kl=fp32=N, or the quantreg marker), "
             "or re-record FP32 with --quantreg-update-baselines",
         ]
     )
@@ -218,8 +222,8 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     result = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
-            "*unknown quantreg marker argument(s) max_dorp; use alpha, max_drop, max_flip_rate, max_kl, max_latency_ratio, "
-            "min_relative_accuracy, precisions*"
+            "*unknown quantreg marker argument(s) max_dorp; use alpha, keep_fp32, max_drop, max_flip_rate, max_kl, "
+            "max_latency_increase, max_latency_ratio, min_relative_accuracy, precisions*"
         ]
     )
     quantreg_pytester.makepyfile(
@@ -245,8 +249,8 @@ def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pyteste
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], {pairs} paired samples), the whole interval above "
-            "max 1.500 (command line: --quantreg-max-latency-ratio)",
+            f"*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], {pairs} paired samples)",
+            "  - the whole interval is above max 1.500 (command line: --quantreg-max-latency-ratio)",
             "*paired medians: * ms vs FP32 * ms, timed back to back on the same samples",
             "latency ratio, paired [[]95% CI] | * 1 (reference) | * [[]*, *] |*",
         ]
@@ -421,12 +425,12 @@ def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: p
     result.stdout.fnmatch_lines(
         [
             "*QUANTREG WEIGHT ERROR (tiny-model*)*",
-            "int8-dynamic: 14 Linear layers compared with FP32",
+            "int8-dynamic: 14 Linear layers compared with FP32 (1 kept in FP32: classifier)",
             "  layer kind * | layers | min SNR dB | mean SNR dB | mean rel L2 | max |err|",
             "  bert.encoder.layer.*.attention.self.query * |      2 |*",
             "  worst 5 by SNR:",
             "    bert.* (torch qint8 per-tensor): SNR * dB, rel L2 *, cosine *, max |err| *",
-            "int4-nf4: 14 Linear layers compared with FP32",
+            "int4-nf4: 14 Linear layers compared with FP32 (1 kept in FP32: classifier)",
             "quantreg: weight report written: *out/w.json",
         ]
     )
@@ -436,6 +440,9 @@ def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: p
     assert len(by_precision["int4-nf4"]["layers"]) == 14
     assert by_precision["fp32"]["layers"][0]["snr_db"] is None  # exact: infinite SNR
     assert by_precision["int4-nf4"]["layers"][0]["storage"] == "bitsandbytes nf4 block 64"
+    assert by_precision["int4-nf4"]["layers"][-1]["storage"] == "float32, kept in FP32"  # the output head, kept by default
+    assert by_precision["int4-nf4"]["kept_fp32"] == ["classifier"]
+    assert by_precision["fp16"]["kept_fp32"] == []  # a cast keeps nothing in FP32
 
 
 def test_collect_only_on_a_cpu_build_does_not_import_torch(quantreg_pytester: pytest.Pytester) -> None:

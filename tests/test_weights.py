@@ -92,18 +92,66 @@ def test_bitsandbytes_int8_matches_row_wise_absmax_by_hand(tiny_model_dir: Path)
     assert apart / values < 0.005
 
 
-def test_nf4_is_exact_on_its_own_code_values() -> None:
-    """A weight whose blocks are absmax x NF4 code values dequantizes without error."""
+def nf4_layer() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A Linear4bit whose 128-wide rows are blocks of absmax x NF4 code values, and those rows.
+
+    Rows of at least one block (64): bitsandbytes' kernels for AVX-512 BF16 CPUs assume blocks within rows.
+    """
     bnb = pytest.importorskip("bitsandbytes")
     codes = bnb.functional.get_4bit_type("nf4", device="cpu").float()
-    blocks = codes.repeat(16).reshape(4, 64) * torch.linspace(0.5, 2.0, 4)[:, None]  # each 64-value block: 4 x the 16 codes
-    rows = blocks.reshape(8, 32)
+    blocks = codes.repeat(4 * 32).reshape(32, 64) * torch.linspace(0.5, 2.0, 32)[:, None]  # each 64-value block: 4 x the 16 codes
+    rows = blocks.reshape(16, 128).repeat(2, 1)  # 32 rows, as the CPU-packed layout needs
     weight, state = bnb.functional.quantize_4bit(rows, blocksize=64, quant_type="nf4")
-    layer = bnb.nn.Linear4bit(32, 8, quant_type="nf4")
+    layer = bnb.nn.Linear4bit(128, 32, quant_type="nf4")
     layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_state=state, bnb_quantized=True)
+    return layer, rows
+
+
+def test_nf4_is_exact_on_its_own_code_values() -> None:
+    """A weight whose blocks are absmax x NF4 code values dequantizes without error."""
+    layer, rows = nf4_layer()
     dequantized, storage = dequantized_weight(layer)
     torch.testing.assert_close(dequantized, rows, rtol=0, atol=1e-6)
     assert storage == "bitsandbytes nf4 block 64"
+
+
+def test_cpu_packed_nf4_layout_is_read() -> None:
+    """On AVX-512 BF16 CPUs bitsandbytes repacks 4-bit weights at the first forward pass (nibbles
+    interleaved over 32-row groups, bfloat16 scales); the report reads that layout too. The repacking
+    is bitsandbytes' own function, called here so that every CPU checks it."""
+    functional = pytest.importorskip("bitsandbytes.functional")
+    pack = getattr(functional, "_convert_weight_packed_for_cpu", None)
+    if pack is None:
+        pytest.skip("this bitsandbytes has no CPU-packed 4-bit layout")
+    layer, rows = nf4_layer()
+    scales = layer.weight.quant_state.absmax.clone()
+    layer.weight.data, layer.weight.quant_state = pack(layer.weight.data, layer.weight.quant_state)
+    assert layer.weight.quant_state.packing_format_for_cpu
+    dequantized, storage = dequantized_weight(layer)
+    assert storage == "bitsandbytes nf4 block 64 (CPU-packed, bf16 scales)"
+    expected = rows / scales.repeat_interleave(64).reshape(32, 128) * scales.bfloat16().float().repeat_interleave(64).reshape(32, 128)
+    torch.testing.assert_close(dequantized, expected, rtol=0, atol=1e-6)  # the code values, times the scales rounded to bfloat16
+
+
+@known_noise_filtered()
+def test_bitsandbytes_int8_is_read_after_a_forward_pass(tiny_model_dir: Path) -> None:
+    """bitsandbytes moves LLM.int8's row scales from the weight to the layer's state at the first forward pass."""
+    pytest.importorskip("bitsandbytes")
+    context = BuildContext(tiny_model_dir, "cpu")
+    model = builtin_registry()["int8-bnb"].build(context)
+    before = {name: weight for name, weight, _ in _layers(model)}
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([[2, 10, 11, 3]]))
+    after = {name: (weight, storage) for name, weight, storage in _layers(model)}
+    assert after.keys() == before.keys() and len(after) == 14
+    for name, (weight, storage) in after.items():
+        torch.testing.assert_close(weight, before[name], rtol=0, atol=0)
+        assert storage == "bitsandbytes int8 row-wise"
+
+
+def _layers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, str]]:
+    found = [(name, dequantized_weight(module)) for name, module in model.named_modules()]
+    return [(name, item[0], item[1]) for name, item in found if item is not None]
 
 
 @known_noise_filtered()
