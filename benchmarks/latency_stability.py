@@ -1,9 +1,10 @@
-"""Target 5: stable latency verdicts. Ten runs of the example's latency tests, each with the
-unchanged int8-dynamic and with ``int8-dynamic-slow`` (slow_precision.py: int8-dynamic doing
-about 1.3x the work, judged with int8-dynamic's limit). Each run is a fresh pytest process with
-the plugin's default pairing; the script prints every run's verdicts and ratios, how often each
-gate failed, the width of the ratio's 95% CI, and the width and verdicts with fewer pairs (the
-same runs' pairs, subsampled), plus one run that pairs every sample.
+"""Target 5: stable latency verdicts on any CPU. On a copy of the baselines, the example's latency
+tests first record int8-dynamic's paired ratio for this machine's hardware class
+(``--quantreg-record-latency``), as a team adding a CI runner would. Then ten runs with the
+unchanged int8-dynamic and ten with a slowed one (changed_precision.py: the same name, about 1.25x
+the work), alternating, each a fresh pytest process with the default pairing. It prints each
+run's verdict, ratio and which gate failed, how often each failed, the CI widths, and the verdicts
+the same runs give with fewer pairs (subsampled).
 
     QUANTREG_BENCH_RUNS=10 .venv/bin/python benchmarks/latency_stability.py
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,22 +24,30 @@ from pytest_quantreg.evaluation import spread
 from pytest_quantreg.precisions import builtin_registry
 from pytest_quantreg.stats import LatencyRatio, latency_ratio
 
-UNCHANGED, SLOW = "int8-dynamic", "int8-dynamic-slow"
-LIMIT = builtin_registry()[UNCHANGED].default_limit("max_latency_ratio", "cpu")
-SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "-k", "latency", f"--precision=fp32,{UNCHANGED},{SLOW}"]
-SUITE += ["-p", "slow_precision", "-p", "no:cacheprovider", "-q"]
+NAME = "int8-dynamic"
+TEST = f"tests/test_quantization.py::test_latency[{NAME}]"
+PRECISION = builtin_registry()[NAME]
+LIMIT = PRECISION.default_limit("max_latency_ratio", "cpu")
+INCREASE = PRECISION.default_limit("max_latency_increase", "cpu")
+SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "-k", "latency", f"--precision=fp32,{NAME}"]
+SUITE += ["-p", "changed_precision", "-p", "no:cacheprovider", "-q"]
 
 
-def one_run(folder: Path, index: int, *options: str) -> dict:
-    out = folder / f"run{index}.json"
-    result = run([*SUITE, *options], env={"PYTHONPATH": str(ROOT / "benchmarks"), "QUANTREG_BENCH_OUT": str(out)})
+def one_run(folder: Path, name: str, slow: bool, *options: str) -> dict:
+    out = folder / f"{name}.json"
+    env = {"PYTHONPATH": str(ROOT / "benchmarks"), "QUANTREG_BENCH_OUT": str(out), "QUANTREG_CHANGE": "slow" if slow else ""}
+    result = run([*SUITE, f"--quantreg-baseline-dir={folder / 'baselines'}", *options], env=env)
     data = json.loads(out.read_text())
     data["wall_s"] = result.wall_s
+    data["outcome"] = data["outcomes"].get(TEST, {"outcome": "not run", "message": ""})
     return data
 
 
-def verdict(data: dict, name: str) -> str:
-    return data["outcomes"].get(f"tests/test_quantization.py::test_latency[{name}]", "not run")
+def gates(data: dict) -> str:
+    """Which latency gates a run failed: fixed, recorded, both or none."""
+    message = data["outcome"]["message"]
+    failed = [gate for gate, text in (("fixed", "is above max"), ("recorded", "recorded for this hardware class")) if text in message]
+    return "+".join(failed) or "-"
 
 
 def ratio(pairs: list[list[float]], n: int | None = None) -> LatencyRatio:
@@ -49,41 +59,39 @@ def ratio(pairs: list[list[float]], n: int | None = None) -> LatencyRatio:
 
 def main() -> None:
     runs = int(os.environ.get("QUANTREG_BENCH_RUNS", "10"))
-    print(f"limit for both: {LIMIT} (int8-dynamic's default on CPU); a gate fails when the whole 95% CI is above it")
     with tempfile.TemporaryDirectory() as tmp:
-        results = []
+        folder = Path(tmp)
+        shutil.copytree(ROOT / "baselines", folder / "baselines")
+        recorded = ratio(one_run(folder, "record", False, "--quantreg-record-latency")["pairs"][NAME])
+        ceiling = recorded.ratio * (1 + INCREASE / 100)
+        print(f"recorded {NAME} on this hardware: {_cell(recorded)}; gates: fixed max {LIMIT}, recorded + {INCREASE:g}% = {ceiling:.3f}")
+        results: dict[bool, list[dict]] = {False: [], True: []}
         for index in range(runs):
-            data = one_run(Path(tmp), index)
-            results.append(data)
-            unchanged, slow = ratio(data["pairs"][UNCHANGED]), ratio(data["pairs"][SLOW])
-            print(
-                f"run {index + 1:2d} ({data['wall_s']:.0f} s): {UNCHANGED} {verdict(data, UNCHANGED)} {_cell(unchanged)}; "
-                f"{SLOW} {verdict(data, SLOW)} {_cell(slow)}; slowdown {slow.ratio / unchanged.ratio:.3f}x",
-                flush=True,
-            )
-        full = one_run(Path(tmp), runs, "--quantreg-latency-pairs=100000")
-    for name in (UNCHANGED, SLOW):
-        failed = sum(verdict(data, name) == "failed" for data in results)
-        widths = [_width(ratio(data["pairs"][name])) for data in results]
+            for slow in (False, True):
+                data = one_run(folder, f"run{index}-{slow}", slow)
+                results[slow].append(data)
+                r = ratio(data["pairs"][NAME])
+                kind = "slowed   " if slow else "unchanged"
+                verdict = data["outcome"]["outcome"]
+                print(f"run {index + 1:2d} {kind} ({data['wall_s']:.0f} s): {verdict} {_cell(r)} gates failed: {gates(data)}", flush=True)
+        print(f"hardware class: {results[False][0]['hardware_class']}")
+    for slow, label in ((False, "unchanged"), (True, "slowed")):
+        failed = sum(d["outcome"]["outcome"] == "failed" for d in results[slow])
+        ratios = [ratio(d["pairs"][NAME]) for d in results[slow]]
         print(
-            f"{name}: {failed}/{runs} latency-gate failures; {len(results[0]['pairs'][name])} pairs, CI width median "
-            f"{statistics.median(widths):.3f} (max {max(widths):.3f})"
+            f"{label}: {failed}/{runs} latency-gate failures; ratios {min(r.ratio for r in ratios):.3f}-"
+            f"{max(r.ratio for r in ratios):.3f}; "
+            f"CI width median {statistics.median(_width(r) for r in ratios):.3f}"
         )
-    slowdowns = [ratio(d["pairs"][SLOW]).ratio / ratio(d["pairs"][UNCHANGED]).ratio for d in results]
-    spread_text = f"min {min(slowdowns):.3f}, max {max(slowdowns):.3f}"
-    print(f"slowdown of {SLOW} over {UNCHANGED}: median {statistics.median(slowdowns):.3f}x ({spread_text})")
-    print("pairs | CI width median (unchanged / slow) | runs whose CI lies above the limit (unchanged / slow)")
-    for n in (6, 12, 25, 50, 100):
-        cells = []
-        for name in (UNCHANGED, SLOW):
-            ratios = [ratio(d["pairs"][name], n) for d in results]
-            cells.append((statistics.median(_width(r) for r in ratios), sum(r.ci95[0] > LIMIT for r in ratios)))
-        print(f"{n:5d} | {cells[0][0]:.3f} / {cells[1][0]:.3f} | {cells[0][1]}/{runs} / {cells[1][1]}/{runs}")
-    unchanged, slow = ratio(full["pairs"][UNCHANGED]), ratio(full["pairs"][SLOW])
-    print(
-        f"every sample paired ({unchanged.n}), one run: {UNCHANGED} {verdict(full, UNCHANGED)} {_cell(unchanged)}; "
-        f"{SLOW} {verdict(full, SLOW)} {_cell(slow)}"
-    )
+    unchanged = statistics.median(ratio(d["pairs"][NAME]).ratio for d in results[False])
+    slowed = statistics.median(ratio(d["pairs"][NAME]).ratio for d in results[True])
+    print(f"slowdown (median ratios): {slowed / unchanged:.3f}x")
+    print("pairs | runs whose CI lies above the recorded ratio + tolerance (unchanged / slowed) | above the fixed limit")
+    for n in (12, 25, 50):
+        above = [[ratio(d["pairs"][NAME], n).ci95[0] for d in results[slow]] for slow in (False, True)]
+        recorded_cells = " / ".join(f"{sum(low > ceiling for low in lows)}/{runs}" for lows in above)
+        fixed_cells = " / ".join(f"{sum(low > LIMIT for low in lows)}/{runs}" for lows in above)
+        print(f"{n:5d} | {recorded_cells} | {fixed_cells}")
 
 
 def _cell(r: LatencyRatio) -> str:

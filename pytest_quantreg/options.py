@@ -92,7 +92,12 @@ _FLAGS: list[tuple[str, str, str]] = [
     (
         "--quantreg-update-baselines",
         "quantreg_update_baselines",
-        "Record missing FP32 baselines and refresh existing ones (the only way a baseline is written)",
+        "Record missing FP32 baselines and refresh existing ones, with this hardware's latency ratios (the only way a baseline is written)",
+    ),
+    (
+        "--quantreg-record-latency",
+        "quantreg_record_latency",
+        "Record this run's latency ratios for this hardware class in the existing baseline; FP32's outcome there is left as it is",
     ),
     (
         "--quantreg-trust-remote-code",
@@ -206,11 +211,17 @@ class Settings:
     keep_fp32: tuple[str, ...]
     baseline_dir: Path
     update_baselines: bool
+    record_latency: bool
     trust_remote_code: bool
     weights_report: Path | None
     report_dir: Path | None
     limits: dict[str, Limits]
     library_tracebacks: bool = False  # -v or --tb=long: show a library's traceback under its one-line failure
+
+    @property
+    def records_latency(self) -> bool:
+        """Whether this run writes its latency ratios (and so does not judge against the old ones)."""
+        return self.update_baselines or self.record_latency
 
     @property
     def device_type(self) -> str:
@@ -253,6 +264,7 @@ def resolve(config: pytest.Config) -> Settings:
             keep_fp32=keep.parse(get("quantreg_keep_fp32")),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
+            record_latency=flag("quantreg_record_latency"),
             trust_remote_code=flag("quantreg_trust_remote_code"),
             weights_report=path("quantreg_weights_report"),
             report_dir=path("quantreg_report"),

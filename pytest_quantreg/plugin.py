@@ -87,7 +87,7 @@ def _check_outputs(settings: options.Settings) -> None:
     """Every file this run was asked to write can be written: found out now, not after the tests."""
     from pytest_quantreg.fileio import check_writable
 
-    if settings.update_baselines:
+    if settings.update_baselines or settings.record_latency:
         check_writable(settings.baseline_dir, "--quantreg-baseline-dir")
     if settings.weights_report is not None:
         check_writable(settings.weights_report.parent, "--quantreg-weights-report")
@@ -320,7 +320,7 @@ class Quantreg:
             )
         result = self.measure(timed=True)
         increase = self.limit("max_latency_increase")
-        judge_record = increase.value is not None and not self._run.settings.update_baselines  # a run that records does not judge
+        judge_record = increase.value is not None and not self._run.settings.records_latency  # a run that records does not judge
         record = self._run.latency_record(self.label) if judge_record else None
         return check_latency(result, self.limit("max_latency_ratio"), increase, record, self._run.hardware.hardware_class)
 
@@ -461,8 +461,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         what = "report file" if outcome == "written" and path != run.settings.weights_report else "baseline"
         what = "weight report" if path == run.settings.weights_report else what
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
-    difference = _user_errors_or_none(run.build_difference)
-    for note in ([difference] if difference else []) + list(run.notes.values()):
+    notes = [_user_errors_or_none(run.build_difference), run.unrecorded_note(), *run.notes.values()]
+    for note in filter(None, notes):
         terminalreporter.write_line(f"quantreg: {note}")
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")

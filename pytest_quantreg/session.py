@@ -50,6 +50,7 @@ class QuantregRun:
     skipped: dict[str, str] = field(default_factory=dict)
     weight_reports: dict[str, WeightReport] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    unrecorded: list[str] = field(default_factory=list)  # precisions whose latency had no record for this hardware class
     kept: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> Linear layers really kept in FP32
     _fp32_weights: dict[str, torch.Tensor] | None = None
     _partner: torch.nn.Module | None = None
@@ -295,25 +296,35 @@ class QuantregRun:
             self._recorded_fp32 = True
 
     def latency_record(self, name: str) -> LatencyRatio | None:
-        """The latency ratio recorded for ``name`` on this hardware class, or None (with a note saying why)."""
-        hardware_class = self.hardware.hardware_class
+        """The latency ratio recorded for ``name`` on this hardware class, or None (then noted for the summary)."""
         baseline = self.usable_baseline()
-        record = baseline.latency_ratio(hardware_class, name) if baseline is not None else None
-        if record is None and not self.settings.update_baselines:
-            where = baseline.path if baseline is not None else self.baseline_path
-            self.notes[f"no latency record {name}"] = (
-                f"no latency ratio recorded for {name} on this hardware class ({hardware_class}) in {where}: only its fixed "
-                f"limit judged it; record one on this machine with {baselines.UPDATE_FLAG}"
-            )
+        record = baseline.latency_ratio(self.hardware.hardware_class, name) if baseline is not None else None
+        if record is None and name not in self.unrecorded:
+            self.unrecorded.append(name)
         return record
 
+    def unrecorded_note(self) -> str | None:
+        """The summary line naming the precisions judged without a latency record for this hardware class."""
+        if not self.unrecorded:
+            return None
+        return (
+            f"no latency ratio recorded for {', '.join(self.unrecorded)} on this hardware class ({self.hardware.hardware_class}) "
+            f"in {self.baseline_path}: only their fixed limits judged them; record them on this machine with {baselines.UPDATE_FLAG}"
+        )
+
     def record_latency(self) -> None:
-        """With ``--quantreg-update-baselines``, store this run's paired latency ratios for this hardware class."""
+        """With ``--quantreg-update-baselines`` or ``--quantreg-record-latency``, store this run's paired
+        latency ratios for this hardware class in the baseline."""
         ratios = {name: latency_ratio(m.paired_s) for name, m in self.measurements.items() if name != FP32}
         measured = {name: ratio for name, ratio in ratios.items() if ratio is not None}
-        if not self.settings.update_baselines or not measured:
+        if not self.settings.records_latency or not measured:
             return
         self._record_fp32_if_asked()
+        if self.usable_baseline() is None:
+            self.notes["latency recorded"] = (
+                f"latency ratios not recorded: no usable FP32 baseline at {self.baseline_path}; record one with {baselines.UPDATE_FLAG}"
+            )
+            return
         path = self.baseline_path
         baselines.write_latency(path, self.hardware, measured, library_versions())
         listed = ", ".join(f"{name} {ratio.ratio:.3f}" for name, ratio in measured.items())

@@ -31,6 +31,7 @@ def worker_output(run: QuantregRun) -> dict[str, Any]:
         "measurements": [dataclasses.asdict(m) for m in run.measurements.values()],
         "skipped": dict(run.skipped),
         "notes": dict(run.notes),
+        "unrecorded": list(run.unrecorded),
         "written": [[outcome, str(path)] for outcome, path in run.written],
         "weight_reports": [dataclasses.asdict(r) for r in run.weight_reports.values()],
     }
@@ -45,6 +46,7 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
     run.measurements = dict(sorted(run.measurements.items(), key=lambda item: order.get(item[0], len(order))))
     run.skipped.update(output.get("skipped", {}))
     run.notes.update(output.get("notes", {}))
+    run.unrecorded.extend(name for name in output.get("unrecorded", []) if name not in run.unrecorded)
     for outcome, path in output.get("written", []):
         if (outcome, Path(path)) not in run.written:
             run.written.append((outcome, Path(path)))

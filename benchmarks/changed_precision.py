@@ -1,0 +1,101 @@
+"""A pytest plugin for the benchmarks that check verdicts (targets 5 and 8): int8-dynamic changed
+under its own name, as a new quantization recipe or library release would change it.
+
+- ``QUANTREG_CHANGE=slow``: real extra work on every forward pass (the first two of the encoder's
+  layers run twice: about 1.25-1.3x int8-dynamic's latency on the example), judged by
+  int8-dynamic's fixed limit and by the ratio recorded for int8-dynamic on this hardware class.
+- ``QUANTREG_CHANGE=corrupt``: the FFN input projections get 4-bit per-tensor weights before the
+  int8 quantization (a recipe misconfigured for one layer kind): on the example about 10 points of
+  accuracy lost and 24% of the predictions changed.
+
+At the end of the session it writes each test's outcome (and a failure's message) and each
+precision's paired timings to ``$QUANTREG_BENCH_OUT`` (JSON).
+
+    PYTHONPATH=benchmarks QUANTREG_CHANGE=slow QUANTREG_BENCH_OUT=out.json pytest -p changed_precision --precision=fp32,int8-dynamic
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+
+from pytest_quantreg.precisions import BuildContext, Builder, Registry
+
+NAME = "int8-dynamic"
+OUTCOMES: dict[str, dict[str, str]] = {}
+
+
+def _again(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+    """Forward hook: run the layer a second time on the same input (its output is discarded)."""
+    layer.forward(*args, **kwargs)
+
+
+def slowed(build: Builder) -> Builder:
+    """``build``, with the model's first two encoder layers running twice on every forward pass."""
+
+    def slow_build(ctx: BuildContext) -> Any:
+        model = build(ctx)
+        for layer in model.base_model.encoder.layer[:2]:
+            layer.register_forward_hook(_again, with_kwargs=True)
+        return model
+
+    return slow_build
+
+
+def corrupted(build: Builder) -> Builder:
+    """``build``, with every FFN input projection rounded to 4-bit per-tensor weights first."""
+
+    def corrupt_build(ctx: BuildContext) -> Any:
+        def load(**kwargs: Any) -> Any:
+            import torch
+
+            model = BuildContext.load(ctx, **kwargs)
+            with torch.no_grad():
+                for layer in model.base_model.encoder.layer:
+                    weight = layer.intermediate.dense.weight
+                    scale = weight.abs().max() / 7
+                    weight.copy_((weight / scale).round().clamp(-8, 7) * scale)
+            return model
+
+        return build(_Loading(ctx, load))
+
+    return corrupt_build
+
+
+class _Loading:
+    """A build context whose ``load`` is replaced; everything else is the original's."""
+
+    def __init__(self, ctx: BuildContext, load: Any) -> None:
+        self._ctx, self.load = ctx, load
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+CHANGES = {"slow": slowed, "corrupt": corrupted}
+
+
+def pytest_quantreg_precisions(registry: Registry) -> None:
+    change = os.environ.get("QUANTREG_CHANGE")
+    if change in CHANGES:
+        registry.replace(NAME, build=CHANGES[change](registry[NAME].build))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or report.outcome != "passed":
+        OUTCOMES[report.nodeid] = {"outcome": report.outcome, "message": report.longreprtext if report.failed else ""}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from pytest_quantreg.plugin import RUN
+
+    run = session.config.stash.get(RUN, None)
+    out = os.environ.get("QUANTREG_BENCH_OUT")
+    if run is None or not out:
+        return
+    pairs = {name: m.paired_s for name, m in run.measurements.items() if m.paired_s}
+    with open(out, "w", encoding="utf-8") as file:
+        json.dump({"outcomes": OUTCOMES, "pairs": pairs, "hardware_class": run.hardware.hardware_class}, file)
