@@ -296,8 +296,9 @@ class Quantreg:
 
     def measure(self, timed: bool = False) -> Measurement:
         """The pass at this precision: reused within the session, timed through pytest-benchmark when asked."""
+        model = self.model  # built before pytest-benchmark's fixture is asked for: a failed build leaves it unrequested
         benchmark = self._benchmark() if timed else None
-        result = _user_errors(lambda: self._run.measure(self.label, self.model, benchmark, timed), self._run)
+        result = _user_errors(lambda: self._run.measure(self.label, model, benchmark, timed), self._run)
         if benchmark is not None:
             self._record_extra_info(benchmark, result)
         return result
@@ -320,7 +321,8 @@ class Quantreg:
             )
         result = self.measure(timed=True)
         increase = self.limit("max_latency_increase")
-        judge_record = increase.value is not None and not self._run.settings.records_latency  # a run that records does not judge
+        # FP32 is the reference, and a run that records ratios does not judge against the old ones
+        judge_record = self.precision != FP32 and increase.value is not None and not self._run.settings.records_latency
         record = self._run.latency_record(self.label) if judge_record else None
         return check_latency(result, self.limit("max_latency_ratio"), increase, record, self._run.hardware.hardware_class)
 
@@ -431,7 +433,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         from pytest_quantreg.report_files import write_report
 
         try:
-            files = write_report(folder, f"{TITLE.title()}: {run.model_name}", header(run), run.measurements, run.statistics_reference())
+            files = write_report(
+                folder, f"{TITLE.title()}: {run.model_name}", header(run), run.ordered_measurements(), run.statistics_reference()
+            )
             run.written.extend(("written", file) for file in files)
         except OSError as exc:
             run.skipped["report"] = f"cannot write into {folder}: {exc.strerror}; choose a writable --quantreg-report folder"
@@ -448,7 +452,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run.measurements:
         terminalreporter.write_sep("=", f"{TITLE} ({run.model_name}, {len(run.sample)} samples, {run.device})")
         reference = _user_errors_or_none(run.statistics_reference)
-        for line in summary_table(run.measurements, reference[0] if reference else None):
+        for line in summary_table(run.ordered_measurements(), reference[0] if reference else None):
             terminalreporter.write_line(line)
         if reference is not None:
             terminalreporter.write_line(f"paired statistics against {reference[1]}")

@@ -142,6 +142,16 @@ class QuantregRun:
     def baseline_path(self) -> Path:
         return baselines.baseline_path(self.settings.baseline_dir, self.provenance)
 
+    def ordered_measurements(self) -> dict[str, Measurement]:
+        """The measurements in the order of ``--precision`` (FP32 first), each marker variant after its precision."""
+        order = {name: index for index, name in enumerate(self.selected)}
+
+        def key(label: str) -> tuple[int, str]:
+            base = label.split("[", 1)[0]
+            return order.get(base, len(order)), label
+
+        return {label: self.measurements[label] for label in sorted(self.measurements, key=key)}
+
     @functools.cached_property
     def hardware(self) -> Hardware:
         """The device this run measures on, as kernels and timings depend on it."""
@@ -309,7 +319,7 @@ class QuantregRun:
             return None
         return (
             f"no latency ratio recorded for {', '.join(self.unrecorded)} on this hardware class ({self.hardware.hardware_class}) "
-            f"in {self.baseline_path}: only their fixed limits judged them; record them on this machine with {baselines.UPDATE_FLAG}"
+            f"in {self.baseline_path}: only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
         )
 
     def record_latency(self) -> None:

@@ -42,8 +42,6 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
     for data in output.get("measurements", []):
         measurement = Measurement(**_tuples(data))
         run.measurements[measurement.precision] = measurement
-    order = {name: index for index, name in enumerate(run.selected)}  # the serial run's order, whichever worker finished first
-    run.measurements = dict(sorted(run.measurements.items(), key=lambda item: order.get(item[0], len(order))))
     run.skipped.update(output.get("skipped", {}))
     run.notes.update(output.get("notes", {}))
     run.unrecorded.extend(name for name in output.get("unrecorded", []) if name not in run.unrecorded)

@@ -104,6 +104,27 @@ def test_latency_and_size_thresholds_and_fractions(project: pytest.Pytester) -> 
     assert compare("a.json", "b.json", "--fail-on", "latency=60%", "--fail-on", "size=0.05", cwd=project.path).returncode == 0
 
 
+def test_other_hardware_class_is_noted_and_its_latency_not_judged(project: pytest.Pytester) -> None:
+    run_suite(project, "a.json")
+    data = json.loads((project.path / "a.json").read_text())
+    before = data["benchmarks"][0]["extra_info"]["hardware_class"]
+    assert before.startswith("cpu | ")
+    assert " threads" in before
+    for bench in data["benchmarks"]:
+        bench["extra_info"]["hardware_class"] = "cpu | Other CPU | x86_64 | torch AVX2 | avx2 | 2 threads"
+        if "latency_ratio" in bench["extra_info"]:
+            bench["extra_info"]["latency_ratio"] *= 2  # int8's speed-up differs twofold between CPU generations
+    (project.path / "b.json").write_text(json.dumps(data))
+    result = compare("a.json", "b.json", "--fail-on", "latency=0.1", cwd=project.path)
+    assert result.returncode == 0, result.stdout
+    assert (
+        f"note: different hardware classes (BASE {before}, HEAD cpu | Other CPU | x86_64 | torch AVX2 | avx2 | 2 threads)" in result.stdout
+    )
+    assert "latency is shown, not judged" in result.stdout
+    same = compare("a.json", "a.json", "--fail-on", "latency=0.1", cwd=project.path)
+    assert "different hardware classes" not in same.stdout
+
+
 def test_saved_runs_by_id_and_pytest_benchmark_compare_still_reads_them(project: pytest.Pytester) -> None:
     for _ in range(2):
         project.runpytest("--precision=fp32,int8", "--benchmark-autosave", "--benchmark-storage=file://./.benchmarks")

@@ -143,7 +143,8 @@ def test_bitsandbytes_int8_is_read_after_a_forward_pass(tiny_model_dir: Path) ->
     with torch.inference_mode():
         model(input_ids=torch.tensor([[2, 10, 11, 3]]))
     after = {name: (weight, storage) for name, weight, storage in _layers(model)}
-    assert after.keys() == before.keys() and len(after) == 14
+    assert after.keys() == before.keys()
+    assert len(after) == 14
     for name, (weight, storage) in after.items():
         torch.testing.assert_close(weight, before[name], rtol=0, atol=0)
         assert storage == "bitsandbytes int8 row-wise"
