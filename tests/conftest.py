@@ -4,9 +4,11 @@ The data set is labelled with the tiny model's own FP32 predictions (its bias ba
 labels occur), so FP32 scores 100% and any real damage to the weights shows as lost accuracy.
 Weights are initialised with std 0.2 (not BERT's 0.02) so that the hidden states differ between
 texts; fp16 then keeps every prediction, while int8 dynamic flips 3 of the 60 predictions of this
-untrained model (bf16 1, bitsandbytes int8 2, NF4 10), so the tiny project allows int8 a larger
-drop than the trained example does. At hidden size 32, latency is mostly per-call overhead, so
-the tiny project does not gate it unless a test says so on the command line.
+untrained model (bf16 2, bitsandbytes int8 2, NF4 7, FP4 15, the output head kept in FP32), so the
+tiny project allows int8 a larger drop than the trained example does. Hidden size 64 is the
+smallest every built-in precision runs at on every CPU (bitsandbytes' 4-bit kernels for AVX-512
+BF16 CPUs need 64 inputs per layer). At this size latency is mostly per-call overhead, so the
+tiny project does not gate it unless a test says so on the command line.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(SPECIAL) + len(WORDS),
-        hidden_size=64,  # bitsandbytes' 4-bit kernels for AVX-512 BF16 CPUs need at least 64 inputs per layer
+        hidden_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=128,

@@ -4,6 +4,8 @@ import textwrap
 
 CUSTOM_PRECISIONS = textwrap.dedent(
     """
+    import os
+
     import torch
 
     def _damaged(ctx):
@@ -14,10 +16,9 @@ CUSTOM_PRECISIONS = textwrap.dedent(
             model.classifier.bias.neg_()
         return model
 
-    def _slow(ctx):
+    def _five_times(model):
         # real extra work on every forward pass: the model runs five times (a wide margin over the
-        # 1.5 limit the tests set, so that a busy machine cannot hide it)
-        model = ctx.load()
+        # limits the tests set, so that a busy machine cannot hide it)
         forward = model.forward
         def five_times(*args, **kwargs):
             for _ in range(4):
@@ -25,6 +26,9 @@ CUSTOM_PRECISIONS = textwrap.dedent(
             return forward(*args, **kwargs)
         model.forward = five_times
         return model
+
+    def _slow(ctx):
+        return _five_times(ctx.load())
 
     def _flip_rare(ctx):
         # a model that errs on exactly the two texts containing the word "w4": FP32 is right on all 60
@@ -46,5 +50,8 @@ CUSTOM_PRECISIONS = textwrap.dedent(
         registry.register("flip-rare", _flip_rare, devices=["cpu"], max_drop=100.0)
         registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})
         registry.register("needs-missing", _damaged, requires=["no_such_module_xyz"])
+        if os.environ.get("TINY_SLOW"):  # "a new release made int8 slower", under the same name
+            build = registry["int8-dynamic"].build
+            registry.replace("int8-dynamic", build=lambda ctx: _five_times(build(ctx)))
     """
 )

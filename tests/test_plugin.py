@@ -30,6 +30,7 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-trust-remote-code",
         "--quantreg-baseline-dir=DIR",
         "--quantreg-update-baselines",
+        "--quantreg-record-latency",
         "--quantreg-max-drop=N",
         "--quantreg-min-relative-accuracy=N",
         "--quantreg-alpha=N",
