@@ -403,21 +403,19 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the files asked for: the weight report JSON and the Markdown report with charts.
-
-    A pytest-xdist worker sends its results to the controller instead, which writes them."""
+    """Write the files asked for: the latency record, the weight report JSON and the Markdown report
+    with charts. A pytest-xdist worker sends its results to the controller instead, which writes them."""
     run = session.config.stash.get(RUN, None)
     if run is None:
         return
     run.release_models()
-    if not xdist.is_worker(session.config):
-        try:
-            run.record_latency()
-        except QuantregError as exc:
-            run.skipped["latency record"] = str(exc)
     if xdist.is_worker(session.config):
         session.config.workeroutput[xdist.KEY] = xdist.worker_output(run)  # type: ignore[attr-defined]
         return
+    try:
+        run.record_latency()
+    except QuantregError as exc:
+        run.skipped["latency record"] = str(exc)
     path = run.settings.weights_report
     if path is not None and run.weight_reports:
         from pytest_quantreg.fileio import atomic_write_json
