@@ -19,6 +19,7 @@ from pytest_quantreg.errors import QuantregError
 
 METRICS = {
     "accuracy-drop": "accuracy lost from BASE to HEAD, in points",
+    "macro-f1-drop": "macro-F1 lost from BASE to HEAD, in points",
     "flip-rate": "rise of the flip rate vs FP32, in points",
     "size": "growth of the model size, as a fraction or percent (0.01 or 1%)",
     "latency": "growth of the latency ratio to FP32 (FP32 itself: of its median, same machine only), as a fraction or percent",
@@ -38,6 +39,7 @@ class Entry:
     device: str
     weights: str | None
     accuracy: float | None
+    macro_f1: float | None
     drop_pp: float | None
     flip_rate: float | None
     size_mb: float | None
@@ -150,6 +152,7 @@ def _entry(bench: Any) -> Entry | None:
         device=str(info.get("device", "?")).split(":")[0],
         weights=info.get("weights_sha256"),
         accuracy=number(info.get("accuracy")),
+        macro_f1=number(info.get("macro_f1")),
         drop_pp=number(info.get("accuracy_drop_pp")),
         flip_rate=number(info.get("flip_rate")),
         size_mb=number(info.get("size_mb")),
@@ -195,6 +198,11 @@ def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine:
         lost = (base.accuracy - head.accuracy) * 100
         if lost > limit + 1e-9:
             found.append(f"accuracy {base.accuracy:.2%} -> {head.accuracy:.2%} (-{lost:.2f} pp > {limit:g} pp)")
+    limit = thresholds.get("macro-f1-drop")
+    if limit is not None and base.macro_f1 is not None and head.macro_f1 is not None:
+        lost = (base.macro_f1 - head.macro_f1) * 100
+        if lost > limit + 1e-9:
+            found.append(f"macro-F1 {base.macro_f1:.2%} -> {head.macro_f1:.2%} (-{lost:.2f} pp > {limit:g} pp)")
     limit = thresholds.get("flip-rate")
     if limit is not None and base.flip_rate is not None and head.flip_rate is not None:
         rise = (head.flip_rate - base.flip_rate) * 100
@@ -220,7 +228,18 @@ def _describe(run: Run) -> str:
 
 # -- output ----------------------------------------------------------------------------------------
 
-HEADERS = ["precision", "device", "accuracy %", "drop vs FP32 pp", "flip rate %", "size MB", "latency ratio", "median ms", "verdict"]
+HEADERS = [
+    "precision",
+    "device",
+    "accuracy %",
+    "macro-F1 %",
+    "drop vs FP32 pp",
+    "flip rate %",
+    "size MB",
+    "latency ratio",
+    "median ms",
+    "verdict",
+]
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:
@@ -234,6 +253,7 @@ def table_rows(comparison: Comparison) -> list[list[str]]:
                 row.key[2],
                 row.key[3],
                 _pair(b, h, "accuracy", 100, "{:.2f}"),
+                _pair(b, h, "macro_f1", 100, "{:.2f}"),
                 _pair(b, h, "drop_pp", 1, "{:.2f}"),
                 _pair(b, h, "flip_rate", 100, "{:.2f}"),
                 _pair(b, h, "size_mb", 1, "{:.2f}"),

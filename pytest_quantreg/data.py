@@ -247,13 +247,19 @@ def split(examples: Sequence[Example], eval_fraction: Fraction) -> tuple[tuple[E
 
 
 def _allocate(size: int, counts: dict[int, int]) -> dict[int, int]:
-    """Split ``size`` over labels in proportion to ``counts`` (largest remainder)."""
+    """Split ``size`` over labels in proportion to ``counts`` (largest remainder); when ``size`` allows,
+    every label gets at least one example, so a rare class is never left out of the sample."""
     total = sum(counts.values())
     exact = {label: Fraction(size * n, total) for label, n in counts.items()}
     quotas = {label: int(share) for label, share in exact.items()}
     by_remainder = sorted(counts, key=lambda label: (-(exact[label] - quotas[label]), label))
     for label in by_remainder[: size - sum(quotas.values())]:
         quotas[label] += 1
+    if size >= len(counts):
+        for label in sorted(label for label, quota in quotas.items() if quota == 0):
+            donor = max(quotas, key=lambda other: (quotas[other], -other))
+            quotas[donor] -= 1
+            quotas[label] = 1
     return quotas
 
 

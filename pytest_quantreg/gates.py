@@ -14,7 +14,7 @@ the baseline file, and the flag that accepts the change.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
@@ -22,6 +22,7 @@ import pytest
 from pytest_quantreg.baselines import UPDATE_FLAG, Baseline
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, Metric
 from pytest_quantreg.stats import Agreement, LatencyRatio, compare, latency_ratio
 
 FP32 = "fp32"
@@ -36,13 +37,13 @@ class Limit:
     source: str
 
 
-def agreement(measurement: Measurement, baseline: Baseline) -> Agreement:
-    """The paired statistics of ``measurement`` against the baseline's FP32 predictions.
+def agreement(measurement: Measurement, baseline: Baseline, metric: Metric = ACCURACY_METRIC, class_names: Sequence[str] = ()) -> Agreement:
+    """The paired statistics of ``measurement`` against the baseline's FP32 predictions, on ``metric``.
 
     A baseline whose stored accuracy disagrees with its own predictions has been edited or damaged:
     it raises ``QuantregError`` rather than being compared.
     """
-    stats = compare(measurement, baseline.reference())
+    stats = compare(measurement, baseline.reference(), metric, class_names)
     if abs(stats.fp32_accuracy - baseline.accuracy) > 1e-9:
         raise QuantregError(
             f"baseline {baseline.path} says FP32 accuracy {baseline.accuracy:.2%} but its predictions score "
@@ -52,18 +53,25 @@ def agreement(measurement: Measurement, baseline: Baseline) -> Agreement:
     return stats
 
 
-def check_accuracy(measurement: Measurement, baseline: Baseline, limits: Mapping[str, Limit]) -> Agreement:
-    """Fail when a prediction gate is exceeded; return the statistics."""
+def check_accuracy(
+    measurement: Measurement,
+    baseline: Baseline,
+    limits: Mapping[str, Limit],
+    metric: Metric = ACCURACY_METRIC,
+    class_names: Sequence[str] = (),
+) -> Agreement:
+    """Fail when a prediction gate is exceeded (the drop gates judging ``metric``); return the statistics."""
     __tracebackhide__ = True
     try:
-        stats = agreement(measurement, baseline)
+        stats = agreement(measurement, baseline, metric, class_names)
     except QuantregError as exc:
         pytest.fail(str(exc), pytrace=False)
     failures = _accuracy_failures(stats, limits)
     alpha = limits["alpha"].value
     noise = ""
     if failures and alpha is not None and not stats.significant(alpha):
-        noise = f"; not significant at alpha {alpha:g} (one-sided McNemar p {stats.mcnemar_p_worse:.3g}), so not failed"
+        test = "McNemar" if stats.metric.kind == ACCURACY else "bootstrap"
+        noise = f"; not significant at alpha {alpha:g} (one-sided {test} p {stats.metric_p_worse:.3g}), so not failed"
         failures = []
     failures += _agreement_failures(stats, limits)
     if not failures:
@@ -71,9 +79,12 @@ def check_accuracy(measurement: Measurement, baseline: Baseline, limits: Mapping
     name = measurement.precision
     what = "FP32 drifted from its stored baseline" if name == FP32 else f"{name} regressed against FP32"
     fix = ", ".join(f"--quantreg-{key.replace('_', '-')}={name}=N" for key, _ in failures)
+    headline = "" if stats.metric.kind == ACCURACY else f"{stats.metric.name} {stats.metric_value:.2%} vs FP32 {stats.fp32_metric:.2%}, "
+    flips = ", ".join(f"{move} {count}" for move, count in stats.class_flips.items())
     pytest.fail(
-        f"{what}: accuracy {stats.accuracy:.2%} vs FP32 baseline {stats.fp32_accuracy:.2%} on {stats.n} samples{noise}\n"
+        f"{what}: {headline}accuracy {stats.accuracy:.2%} vs FP32 baseline {stats.fp32_accuracy:.2%} on {stats.n} samples{noise}\n"
         + "".join(f"  - {message}\n" for _, message in failures)
+        + (f"  predictions moved from FP32's class: {flips}\n" if flips else "")
         + f"  statistics: {stats.describe()}\n"
         f"  baseline: {baseline.path}\n"
         f"  accept it: raise the limit ({fix}, or the quantreg marker)"
@@ -84,15 +95,15 @@ def check_accuracy(measurement: Measurement, baseline: Baseline, limits: Mapping
 
 def _accuracy_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[tuple[str, str]]:
     failures = []
-    drop = limits["max_drop"]
-    if drop.value is not None and stats.accuracy_drop_pp > drop.value + _SLACK:
-        failures.append(("max_drop", f"accuracy drop {stats.accuracy_drop_pp:.2f} pp > max {drop.value:.2f} pp ({drop.source})"))
+    drop, name = limits["max_drop"], stats.metric.name
+    if drop.value is not None and stats.metric_drop_pp > drop.value + _SLACK:
+        failures.append(("max_drop", f"{name} drop {stats.metric_drop_pp:.2f} pp > max {drop.value:.2f} pp ({drop.source})"))
     relative = limits["min_relative_accuracy"]
-    if relative.value is not None and stats.relative_accuracy_pct < relative.value - _SLACK:
+    if relative.value is not None and stats.metric_relative_pct < relative.value - _SLACK:
         failures.append(
             (
                 "min_relative_accuracy",
-                f"relative accuracy {stats.relative_accuracy_pct:.2f}% of FP32 < min {relative.value:.2f}% ({relative.source})",
+                f"relative {name} {stats.metric_relative_pct:.2f}% of FP32 < min {relative.value:.2f}% ({relative.source})",
             )
         )
     return failures

@@ -63,6 +63,13 @@ _VALUED: list[tuple[str, str, str, str]] = [
         f"the latency ratio and its confidence interval come from these pairs (at least {MIN_PAIRS}; default: %(default)s)",
     ),
     (
+        "--quantreg-metric",
+        "quantreg_metric",
+        "accuracy",
+        "What the drop gates (max drop, relative accuracy, alpha) judge: accuracy, macro-f1, weighted-f1, "
+        "or recall:CLASS, precision:CLASS, f1:CLASS of one class (default: %(default)s)",
+    ),
+    (
         "--quantreg-keep-fp32",
         "quantreg_keep_fp32",
         keep.DEFAULT,
@@ -125,8 +132,8 @@ class Gate:
 
 
 GATES: tuple[Gate, ...] = (
-    Gate("max_drop", "Largest accuracy drop vs the FP32 baseline, in percentage points"),
-    Gate("min_relative_accuracy", "Smallest accuracy as a percentage of FP32's, MLPerf style (e.g. 99)", upper=100.0),
+    Gate("max_drop", "Largest drop of the --quantreg-metric (accuracy by default) vs the FP32 baseline, in percentage points"),
+    Gate("min_relative_accuracy", "Smallest --quantreg-metric value as a percentage of FP32's, MLPerf style (e.g. 99)", upper=100.0),
     Gate(
         "alpha",
         "Significance level: the accuracy gates fail only when the drop is also significant (one-sided exact McNemar p < alpha)",
@@ -208,6 +215,7 @@ class Settings:
     warmup: int
     batch_size: int
     latency_pairs: int
+    metric: str
     keep_fp32: tuple[str, ...]
     baseline_dir: Path
     update_baselines: bool
@@ -261,6 +269,7 @@ def resolve(config: pytest.Config) -> Settings:
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),
             latency_pairs=_integer("--quantreg-latency-pairs", get("quantreg_latency_pairs"), minimum=MIN_PAIRS),
+            metric=get("quantreg_metric"),
             keep_fp32=keep.parse(get("quantreg_keep_fp32")),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),

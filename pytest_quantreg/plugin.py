@@ -20,6 +20,7 @@ from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.failures import LibraryFailure
 from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency
+from pytest_quantreg.metrics import class_metrics
 from pytest_quantreg.models import check_model_dir
 from pytest_quantreg.precisions import builtin_registry
 from pytest_quantreg.session import QuantregRun, release_memory
@@ -67,7 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if settings.model is not None:
             _check_max_length(settings, check_model_dir(settings.model, trust_remote_code=settings.trust_remote_code))
         _check_outputs(settings)
-        run.sample  # noqa: B018 -- reads and checks the data set and the sample size now, not mid-run
+        run.metric  # noqa: B018 -- reads and checks the data set, the sample size and --quantreg-metric now, not mid-run
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[RUN] = run
@@ -309,7 +310,8 @@ class Quantreg:
         __tracebackhide__ = True
         baseline = _user_errors(self._run.baseline)
         result = self.measure()
-        return check_accuracy(result, baseline, {key: self.limit(key) for key in GATE_KEYS})
+        run = self._run
+        return check_accuracy(result, baseline, {key: self.limit(key) for key in GATE_KEYS}, run.metric, run.labels)
 
     def check_latency(self) -> LatencyRatio:
         """Fail when the latency ratio to FP32 (same run) is above the limit beyond noise; return it."""
@@ -349,11 +351,18 @@ class Quantreg:
             "accuracy": result.accuracy,
             "avg_confidence": result.avg_confidence,
             "size_mb": result.size_mb,
+            **class_metrics(result.labels, result.predictions, run.labels).to_json(),
         }
         baseline = run.usable_baseline()
         if baseline is not None:
-            stats = _user_errors(lambda: agreement(result, baseline))
+            stats = _user_errors(lambda: agreement(result, baseline, run.metric, run.labels))
             info.update(
+                metric=run.metric.spec,
+                metric_value=stats.metric_value,
+                baseline_metric=stats.fp32_metric,
+                metric_drop_pp=stats.metric_drop_pp,
+                metric_drop_ci95=list(stats.metric_drop_ci95),
+                flips_by_class=stats.class_flips,
                 baseline_accuracy=baseline.accuracy,
                 accuracy_drop_pp=stats.accuracy_drop_pp,
                 accuracy_drop_ci95=list(stats.accuracy_drop_ci95),
@@ -432,7 +441,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
         try:
             files = write_report(
-                folder, f"{TITLE.title()}: {run.model_name}", header(run), run.ordered_measurements(), run.statistics_reference()
+                folder,
+                f"{TITLE.title()}: {run.model_name}",
+                header(run),
+                run.ordered_measurements(),
+                run.statistics_reference(),
+                run.metric,
+                run.labels,
             )
             run.written.extend(("written", file) for file in files)
         except OSError as exc:
@@ -450,7 +465,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     if run.measurements:
         terminalreporter.write_sep("=", f"{TITLE} ({run.model_name}, {len(run.sample)} samples, {run.device})")
         reference = _user_errors_or_none(run.statistics_reference)
-        for line in summary_table(run.ordered_measurements(), reference[0] if reference else None):
+        for line in summary_table(run.ordered_measurements(), reference[0] if reference else None, run.metric, run.labels):
             terminalreporter.write_line(line)
         if reference is not None:
             terminalreporter.write_line(f"paired statistics against {reference[1]}")

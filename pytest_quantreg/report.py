@@ -3,13 +3,14 @@ paired statistics, and the per-layer weight error."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pytest_quantreg import keep
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.example import library_versions
 from pytest_quantreg.gates import FP32
+from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Metric, class_metrics
 from pytest_quantreg.session import QuantregRun
 from pytest_quantreg.stats import Agreement, Reference, compare, latency_ratio
 from pytest_quantreg.weights import WeightReport
@@ -61,9 +62,15 @@ def _example_line() -> str:
     return f"quantreg model: embedded example {folder} (weights sha256 {str(read_manifest(folder)['weights_sha256'])[:12]})"
 
 
-def summary_table(measurements: dict[str, Measurement], reference: Reference | None = None) -> list[str]:
-    """The seed's table: one column per precision, then each against FP32; with a ``reference``,
-    rows of paired statistics against FP32's predictions."""
+def summary_table(
+    measurements: dict[str, Measurement],
+    reference: Reference | None = None,
+    metric: Metric = ACCURACY_METRIC,
+    class_names: Sequence[str] = (),
+) -> list[str]:
+    """The seed's table: one column per precision, then each against FP32, with macro-F1, recall by
+    class and the chosen ``metric``; with a ``reference``, rows of paired statistics against FP32's
+    predictions."""
     names = list(measurements)
     fp32 = measurements.get(FP32)
     others = [n for n in names if n != FP32] if fp32 else []
@@ -84,6 +91,15 @@ def summary_table(measurements: dict[str, Measurement], reference: Reference | N
     add("model size (MB)", lambda m: f"{m.size_mb:.2f}", lambda m, f: _smaller(m.size_mb, f.size_mb))
     add("accuracy (%)", lambda m: f"{m.accuracy * 100:.2f}", lambda m, f: f"{(m.accuracy - f.accuracy) * 100:+.2f}")
     add("avg confidence (%)", lambda m: f"{m.avg_confidence * 100:.2f}", lambda m, f: f"{(m.avg_confidence - f.avg_confidence) * 100:+.2f}")
+    classes = {n: class_metrics(m.labels, m.predictions, class_names) for n, m in measurements.items()}
+    add("macro-F1 (%)", lambda m: f"{classes[m.precision].macro_f1 * 100:.2f}", lambda m, f: _points(classes, "macro_f1", m, f))
+    add("recall by class (%)", lambda m: " / ".join(f"{r * 100:.1f}" for r in classes[m.precision].recall), lambda m, f: "")
+    if metric.kind not in (ACCURACY, "macro-f1"):
+        add(
+            f"{metric.name} (%)",
+            lambda m: f"{classes[m.precision].value(metric, m.accuracy) * 100:.2f}",
+            lambda m, f: f"{(classes[m.precision].value(metric, m.accuracy) - classes[f.precision].value(metric, f.accuracy)) * 100:+.2f}",
+        )
     add("mean latency (ms)", lat("mean_ms"), lat_rel("mean_ms"))
     add("median latency (ms)", lat("median_ms"), lat_rel("median_ms"))
     add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
@@ -92,9 +108,10 @@ def summary_table(measurements: dict[str, Measurement], reference: Reference | N
     if any(m.kept_fp32 for m in measurements.values()):
         add("kept in FP32", lambda m: keep.short(m.kept_fp32), lambda m, f: "")
     if reference is not None:
-        stats = {n: compare(measurements[n], reference) for n in names}
-        for metric, cell in STATISTICS:
-            add(metric, lambda m, cell=cell: cell(stats[m.precision]), lambda m, f: "")
+        stats = {n: compare(measurements[n], reference, metric, class_names or None) for n in names}
+        rows_of = STATISTICS if metric.kind == ACCURACY else [(f"{metric.name} drop vs FP32 [95% CI] (pp)", metric_drop_cell), *STATISTICS]
+        for title, cell in rows_of:
+            add(title, lambda m, cell=cell: cell(stats[m.precision]), lambda m, f: "")
     table = [["metric", *columns], *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return [
@@ -109,6 +126,16 @@ STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
     ("mean KL vs FP32 (nats)", lambda a: f"{a.kl_mean:.4f}"),
     ("max |logit change|", lambda a: f"{a.max_logit_change:.3f}" if a.max_logit_change is not None else "n/a"),
 ]
+
+
+def metric_drop_cell(stats: Agreement) -> str:
+    """The chosen metric's drop against FP32 with its paired bootstrap interval, as a table cell."""
+    low, high = stats.metric_drop_ci95
+    return f"{stats.metric_drop_pp:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _points(classes: dict[str, ClassMetrics], attr: str, m: Measurement, f: Measurement) -> str:
+    return f"{(getattr(classes[m.precision], attr) - getattr(classes[f.precision], attr)) * 100:+.2f}"
 
 
 def ratio_cell(measurement: Measurement) -> str:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_text
-from pytest_quantreg.report import STATISTICS, ratio_cell
+from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, Metric, class_metrics
+from pytest_quantreg.report import STATISTICS, metric_drop_cell, ratio_cell
 from pytest_quantreg.stats import Reference, compare
 
 if TYPE_CHECKING:
@@ -40,37 +42,73 @@ def check_available() -> None:
 
 
 def write_report(
-    directory: Path, title: str, header: list[str], measurements: dict[str, Measurement], reference: tuple[Reference, str] | None
+    directory: Path,
+    title: str,
+    header: list[str],
+    measurements: dict[str, Measurement],
+    reference: tuple[Reference, str] | None,
+    metric: Metric = ACCURACY_METRIC,
+    class_names: Sequence[str] = (),
 ) -> list[Path]:
-    """Write report.md and the charts into ``directory``; return the files written."""
+    """Write report.md (with each precision's per-class figures and confusion matrix) and the charts
+    into ``directory``; return the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     charts = [_size_chart(directory, measurements), _accuracy_chart(directory, measurements)]
     if any(m.latencies_s for m in measurements.values()):
         charts.append(_latency_chart(directory, measurements))
     else:  # an untimed run (--benchmark-disable): no chart, and none left from an earlier run
         (directory / "latency.png").unlink(missing_ok=True)
-    lines = [f"# {title}", "", *(f"- {line}" for line in header), "", *_table(measurements, reference), ""]
+    lines = [f"# {title}", "", *(f"- {line}" for line in header), "", *_table(measurements, reference, metric, class_names), ""]
+    lines += _classes(measurements, class_names)
     lines += [f"![{path.stem}]({path.name})" for path in charts]
     report = directory / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return [report, *charts]
 
 
-def _table(measurements: dict[str, Measurement], reference: tuple[Reference, str] | None) -> list[str]:
+def _table(
+    measurements: dict[str, Measurement], reference: tuple[Reference, str] | None, metric: Metric, class_names: Sequence[str]
+) -> list[str]:
     """The terminal summary's statistics as a Markdown table, one row per precision."""
-    columns = ["precision", "size MB", "accuracy %", "median ms", "latency ratio, paired [95% CI]"]
-    columns += [metric for metric, _ in STATISTICS] if reference else []
+    columns = ["precision", "size MB", "accuracy %", "macro-F1 %", "median ms", "latency ratio, paired [95% CI]"]
+    statistics = STATISTICS if metric.kind == ACCURACY else [(f"{metric.name} drop vs FP32 [95% CI] (pp)", metric_drop_cell), *STATISTICS]
+    columns += [title for title, _ in statistics] if reference else []
     rows = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]  # "|x|" would split a cell
     for name, m in measurements.items():
-        cells = [name, f"{m.size_mb:.2f}", f"{m.accuracy * 100:.2f}", f"{m.latency.median_ms:.2f}" if m.latency else "n/a"]
+        macro = class_metrics(m.labels, m.predictions, class_names).macro_f1
+        cells = [
+            name,
+            f"{m.size_mb:.2f}",
+            f"{m.accuracy * 100:.2f}",
+            f"{macro * 100:.2f}",
+            f"{m.latency.median_ms:.2f}" if m.latency else "n/a",
+        ]
         cells.append(ratio_cell(m))
         if reference:
-            stats = compare(m, reference[0])
-            cells += [cell(stats) for _, cell in STATISTICS]
+            stats = compare(m, reference[0], metric, class_names or None)
+            cells += [cell(stats) for _, cell in statistics]
         rows.append("| " + " | ".join(cells) + " |")
     if reference:
         rows += ["", f"Paired statistics against {reference[1]}."]
     return rows
+
+
+def _classes(measurements: dict[str, Measurement], class_names: Sequence[str]) -> list[str]:
+    """Per precision: precision, recall, F1 and support by class, and the confusion matrix (rows true, columns predicted)."""
+    lines = ["## Classes", ""]
+    for name, m in measurements.items():
+        found = class_metrics(m.labels, m.predictions, class_names)
+        names = list(found.labels)
+        lines += [f"### {name}", "", f"macro-F1 {found.macro_f1:.2%}, weighted-F1 {found.weighted_f1:.2%}", ""]
+        lines += ["| class | precision % | recall % | F1 % | support |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {label} | {p * 100:.2f} | {r * 100:.2f} | {f * 100:.2f} | {n} |"
+            for label, p, r, f, n in zip(found.labels, found.precision, found.recall, found.f1, found.support, strict=True)
+        ]
+        lines += ["", "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        lines += [f"| {label} | " + " | ".join(str(x) for x in row) + " |" for label, row in zip(names, found.confusion, strict=True)]
+        lines.append("")
+    return lines
 
 
 def _figure(width: float = 7.0, height: float = 4.0) -> tuple[Figure, Axes]:

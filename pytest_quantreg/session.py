@@ -25,9 +25,10 @@ from pytest_quantreg.evaluation import Inputs, Measurement, measure, tokenize
 from pytest_quantreg.example import library_versions
 from pytest_quantreg.failures import library_failures
 from pytest_quantreg.gates import FP32
+from pytest_quantreg.metrics import Metric, check_sample, parse_metric
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
-from pytest_quantreg.stats import LatencyRatio, Reference, latency_ratio
+from pytest_quantreg.stats import LatencyRatio, Reference, compare, latency_ratio
 
 if TYPE_CHECKING:
     import torch
@@ -98,6 +99,13 @@ class QuantregRun:
     @functools.cached_property
     def sample(self) -> Sample:
         return draw_sample(self.dataset, self.settings.samples, self.settings.seed)
+
+    @functools.cached_property
+    def metric(self) -> Metric:
+        """``--quantreg-metric`` for this model's classes, checked against the sample."""
+        metric = parse_metric(self.settings.metric, self.labels)
+        check_sample(metric, [e.label for e in self.sample.examples], self.labels)
+        return metric
 
     @functools.cached_property
     def weights_sha256(self) -> str:
@@ -354,9 +362,7 @@ class QuantregRun:
         )
         fp32 = self.measurements.get(FP32)
         if fp32 is not None:
-            from pytest_quantreg.stats import compare
-
-            stats = compare(fp32, baseline.reference())
+            stats = compare(fp32, baseline.reference(), self.metric, self.labels)
             logit = f", max |logit change| {stats.max_logit_change:.4f}" if stats.max_logit_change is not None else ""
             text += f"; they differ by: flip rate {stats.flip_rate:.2%} ({stats.flips}/{stats.n}), mean KL {stats.kl_mean:.6f}{logit}"
         return text

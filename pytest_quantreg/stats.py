@@ -15,6 +15,16 @@ import numpy as np
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
+from pytest_quantreg.metrics import (
+    ACCURACY,
+    ACCURACY_METRIC,
+    ClassMetrics,
+    Metric,
+    class_metrics,
+    class_names_of,
+    flips_by_class,
+    paired_drop,
+)
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
@@ -60,6 +70,24 @@ class Agreement:
     kl_mean: float
     max_logit_change: float | None
     confidence_change_pp: float
+    metric: Metric
+    fp32_metric: float  # the metric's value (a fraction) for FP32 and for this precision
+    metric_value: float
+    metric_drop_ci95: tuple[float, float]
+    metric_p_worse: float  # one-sided: bootstrap for the F1s and per-class metrics, exact McNemar for accuracy
+    classes: ClassMetrics
+    fp32_classes: ClassMetrics
+    class_flips: dict[str, int]  # "a -> b": predictions that moved from FP32's class a to b, most first
+
+    @property
+    def metric_drop_pp(self) -> float:
+        """FP32's value of the chosen metric minus this precision's, in points."""
+        return (self.fp32_metric - self.metric_value) * 100
+
+    @property
+    def metric_relative_pct(self) -> float:
+        """This precision's value of the chosen metric as a percentage of FP32's."""
+        return self.metric_value / self.fp32_metric * 100 if self.fp32_metric else math.inf
 
     @property
     def accuracy_drop_pp(self) -> float:
@@ -81,22 +109,30 @@ class Agreement:
         return 1 - self.flip_rate
 
     def significant(self, alpha: float) -> bool:
-        """Whether this precision is worse than FP32 at level ``alpha`` (one-sided exact McNemar)."""
-        return self.mcnemar_p_worse < alpha
+        """Whether this precision is worse than FP32 on the chosen metric at level ``alpha`` (one-sided:
+        exact McNemar for accuracy, the paired bootstrap for the others)."""
+        return self.metric_p_worse < alpha
 
     def describe(self) -> str:
         """One line of the statistics, for failure messages."""
         low, high = self.accuracy_drop_ci95
         logit = f", max |logit change| {self.max_logit_change:.3f}" if self.max_logit_change is not None else ""
+        metric = ""
+        if self.metric.kind != ACCURACY:
+            m_low, m_high = self.metric_drop_ci95
+            metric = f"{self.metric.name} drop 95% CI [{m_low:.2f}, {m_high:.2f}] pp (bootstrap p {self.metric_p_worse:.3g}), accuracy "
         return (
-            f"drop 95% CI [{low:.2f}, {high:.2f}] pp, McNemar p {self.mcnemar_p:.3g} "
+            f"{metric}drop 95% CI [{low:.2f}, {high:.2f}] pp, McNemar p {self.mcnemar_p:.3g} "
             f"({self.fp32_only} FP32-only right, {self.quantized_only} quantized-only right), "
             f"flip rate {self.flip_rate:.2%} ({self.flips}/{self.n}), mean KL {self.kl_mean:.4f}{logit}"
         )
 
 
-def compare(measurement: Measurement, reference: Reference) -> Agreement:
-    """The paired statistics of ``measurement`` against FP32's outcome on the same sample ids."""
+def compare(
+    measurement: Measurement, reference: Reference, metric: Metric = ACCURACY_METRIC, class_names: Sequence[str] | None = None
+) -> Agreement:
+    """The paired statistics of ``measurement`` against FP32's outcome on the same sample ids, judged on
+    ``metric``, with per-class figures (classes named by ``class_names``, else by id)."""
     missing = [i for i in measurement.ids if i not in reference.predictions]
     if missing:
         raise QuantregError(f"the FP32 reference has no prediction for {len(missing)} sample(s) (e.g. id {missing[0]}); re-record it")
@@ -109,19 +145,37 @@ def compare(measurement: Measurement, reference: Reference) -> Agreement:
     n = len(labels)
     p = np.asarray([reference.probabilities[i] for i in measurement.ids], dtype=np.float64)
     q = np.asarray(measurement.probabilities, dtype=np.float64)
+    names = class_names_of(labels.tolist(), [*mine.tolist(), *fp32.tolist()], class_names or ())
+    n_classes = len(names)
+    mine_classes, fp32_classes = class_metrics(labels.tolist(), mine.tolist(), names), class_metrics(labels.tolist(), fp32.tolist(), names)
+    fp32_accuracy, accuracy = float(np.mean(fp32_right)), float(np.mean(mine_right))
+    drop_ci = paired_drop_ci95(fp32_only, quantized_only, n)
+    worse = mcnemar_exact(fp32_only, quantized_only, alternative="greater")
+    if metric.kind == ACCURACY:
+        metric_ci, metric_worse = drop_ci, worse
+    else:
+        _, metric_ci, metric_worse = paired_drop(metric, labels.tolist(), fp32.tolist(), mine.tolist(), n_classes)
     return Agreement(
         n=n,
         fp32_only=fp32_only,
         quantized_only=quantized_only,
         flips=int(np.sum(fp32 != mine)),
-        fp32_accuracy=float(np.mean(fp32_right)),
-        accuracy=float(np.mean(mine_right)),
-        accuracy_drop_ci95=paired_drop_ci95(fp32_only, quantized_only, n),
+        fp32_accuracy=fp32_accuracy,
+        accuracy=accuracy,
+        accuracy_drop_ci95=drop_ci,
         mcnemar_p=mcnemar_exact(fp32_only, quantized_only),
-        mcnemar_p_worse=mcnemar_exact(fp32_only, quantized_only, alternative="greater"),
+        mcnemar_p_worse=worse,
         kl_mean=kl_mean(p, q),
         max_logit_change=_max_logit_change(measurement, reference),
         confidence_change_pp=float(np.mean(q.max(axis=1)) - np.mean(p.max(axis=1))) * 100,
+        metric=metric,
+        fp32_metric=fp32_classes.value(metric, fp32_accuracy),
+        metric_value=mine_classes.value(metric, accuracy),
+        metric_drop_ci95=metric_ci,
+        metric_p_worse=metric_worse,
+        classes=mine_classes,
+        fp32_classes=fp32_classes,
+        class_flips=flips_by_class(fp32.tolist(), mine.tolist(), names),
     )
 
 

@@ -19,6 +19,7 @@ import importlib.util
 import random
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,11 +30,22 @@ SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, hidden-64 BERT sequence classifier with a word-level tokenizer, saved offline."""
+    model, tokenizer = tiny_model(["negative", "positive"])
+    logits = tiny_logits(model, tokenizer, tiny_texts())
+    margins = (logits[:, 1] - logits[:, 0]).sort().values
+    middle = len(margins) // 2
+    model.classifier.bias.data[1] -= (margins[middle - 1] + margins[middle]) / 2  # half the texts on each side, no ties
+    return save_tiny(model, tokenizer, tmp_path_factory.mktemp("tiny-model"))
+
+
+def tiny_model(labels: list[str]) -> tuple[Any, Any]:
+    """The tiny random-init classifier for ``labels`` (seed 0) and its word-level tokenizer."""
+    import tempfile
+
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-model")
-    vocab = folder / "vocab.txt"
+    vocab = Path(tempfile.mkdtemp()) / "vocab.txt"
     vocab.write_text("\n".join(SPECIAL + WORDS) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)  # transformers 5 names it vocab, not vocab_file
     torch.manual_seed(0)
@@ -44,21 +56,38 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_attention_heads=2,
         intermediate_size=128,
         max_position_embeddings=64,
-        num_labels=2,
+        num_labels=len(labels),
         initializer_range=0.2,
-        id2label={0: "negative", 1: "positive"},
-        label2id={"negative": 0, "positive": 1},
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
     )
-    model = BertForSequenceClassification(config).eval()
-    texts = tiny_texts()
+    return BertForSequenceClassification(config).eval(), tokenizer
+
+
+def tiny_logits(model: Any, tokenizer: Any, texts: list[str]) -> Any:
+    import torch
+
     with torch.inference_mode():
-        logits = torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
-    margins = (logits[:, 1] - logits[:, 0]).sort().values
-    middle = len(texts) // 2
-    model.classifier.bias.data[1] -= (margins[middle - 1] + margins[middle]) / 2  # half the texts on each side, no ties
+        return torch.cat([model(**tokenizer(t, return_tensors="pt")).logits for t in texts])
+
+
+def save_tiny(model: Any, tokenizer: Any, folder: Path) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def labelled_csv(model_dir: Path, texts: list[str], path: Path) -> Path:
+    """A CSV of ``texts`` labelled (by name) with the model's own FP32 predictions: FP32 scores 100%."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    predicted = tiny_logits(model, AutoTokenizer.from_pretrained(model_dir), texts).argmax(-1).tolist()
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows([text, model.config.id2label[label]] for text, label in zip(texts, predicted, strict=True))
+    return path
 
 
 def tiny_texts(n: int = 60) -> list[str]:
@@ -69,20 +98,7 @@ def tiny_texts(n: int = 60) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CSV of texts labelled (by name) with the tiny model's FP32 predictions."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    path = tmp_path_factory.mktemp("tiny-data") / "tiny.csv"
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for text in tiny_texts():
-            with torch.inference_mode():
-                label = int(model(**tokenizer(text, return_tensors="pt")).logits.argmax())
-            writer.writerow([text, model.config.id2label[label]])
-    return path
+    return labelled_csv(tiny_model_dir, tiny_texts(), tmp_path_factory.mktemp("tiny-data") / "tiny.csv")
 
 
 @pytest.fixture(scope="session")

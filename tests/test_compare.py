@@ -75,7 +75,7 @@ def test_clean_runs_pass_and_a_broken_precision_fails(project: pytest.Pytester) 
     assert markdown.returncode == 1
     assert markdown.stdout.startswith("## pytest-quantreg comparison\n\n**2 regression(s)**")
     assert "| precision | device | accuracy % |" in markdown.stdout
-    assert "| mine | cpu | 100.00 → 0.00 | 0.00 → 100.00 | 0.00 → 100.00 |" in markdown.stdout
+    assert "| mine | cpu | 100.00 → 0.00 | 100.00 → 0.00 | 0.00 → 100.00 | 0.00 → 100.00 |" in markdown.stdout
     assert "- :x: mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp)\n" in markdown.stdout
     assert "- :x: mine (cpu): flip rate 0.00% -> 100.00% (+100.00 pp > 2 pp)\n" in markdown.stdout
 
@@ -227,7 +227,7 @@ def test_report_writes_markdown_and_charts(project: pytest.Pytester) -> None:
     assert report.startswith("# Quantization Comparison Summary: tiny-model")
     assert "| int8-dynamic | " in report
     header = next(line for line in report.splitlines() if line.startswith("| precision |"))
-    assert header.replace("\\|", "").count("|") == 11  # 10 columns: a "|" inside a name is escaped
+    assert header.replace("\\|", "").count("|") == 12  # 11 columns: a "|" inside a name is escaped
     for chart in ("size.png", "accuracy.png", "latency.png"):
         assert f"![{chart[:-4]}]({chart})" in report
         data = (project.path / "out" / chart).read_bytes()

@@ -39,6 +39,7 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-max-latency-ratio=N",
         "--quantreg-max-latency-increase=N",
         "--quantreg-keep-fp32=FP32",
+        "--quantreg-metric=METRIC",
         "--quantreg-latency-pairs=PAIRS",
         "--quantreg-report=REPORT",
         "--quantreg-weights-report=REPORT",
