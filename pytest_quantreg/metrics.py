@@ -9,6 +9,7 @@ resample weights FP32's and the precision's predictions alike).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,7 +143,16 @@ def paired_drop(
     metric: Metric, truth: Sequence[int], fp32: Sequence[int], mine: Sequence[int], n_classes: int
 ) -> tuple[float, tuple[float, float], float]:
     """FP32's ``metric`` minus this precision's, in points, its 95% bootstrap interval, and the one-sided
-    bootstrap p-value that this precision is not worse (share of resamples where the drop is <= 0)."""
+    bootstrap p-value that this precision is not worse (share of resamples where the drop is <= 0).
+
+    Computed once per input: the gate, the benchmark JSON and the summary table all ask for it."""
+    return _paired_drop(metric, tuple(truth), tuple(fp32), tuple(mine), n_classes)
+
+
+@functools.lru_cache(maxsize=64)
+def _paired_drop(
+    metric: Metric, truth: tuple[int, ...], fp32: tuple[int, ...], mine: tuple[int, ...], n_classes: int
+) -> tuple[float, tuple[float, float], float]:
     y = np.asarray(truth, dtype=np.int64)
     a, b = np.asarray(fp32, dtype=np.int64), np.asarray(mine, dtype=np.int64)
     rng = np.random.default_rng(BOOTSTRAP_SEED)

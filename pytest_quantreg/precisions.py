@@ -100,7 +100,7 @@ class Precision:
         if key == "max_latency_ratio":
             return self.max_latency_ratio.get(device_type)
         if key == "max_latency_increase":
-            return None if self.name == "fp32" else self.max_latency_increase
+            return self.max_latency_increase
         return {"max_drop": self.max_drop, "max_flip_rate": self.max_flip_rate, "max_kl": self.max_kl}.get(key)
 
 
