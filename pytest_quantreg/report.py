@@ -108,9 +108,8 @@ def summary_table(
     if any(m.kept_fp32 for m in measurements.values()):
         add("kept in FP32", lambda m: keep.short(m.kept_fp32), lambda m, f: "")
     if reference is not None:
-        stats = {n: compare(measurements[n], reference, metric, class_names or None) for n in names}
-        rows_of = STATISTICS if metric.kind == ACCURACY else [(f"{metric.name} drop vs FP32 [95% CI] (pp)", metric_drop_cell), *STATISTICS]
-        for title, cell in rows_of:
+        stats = {n: compare(measurements[n], reference, metric, class_names) for n in names}
+        for title, cell in statistics_rows(metric):
             add(title, lambda m, cell=cell: cell(stats[m.precision]), lambda m, f: "")
     table = [["metric", *columns], *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -128,7 +127,14 @@ STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [
 ]
 
 
-def metric_drop_cell(stats: Agreement) -> str:
+def statistics_rows(metric: Metric) -> list[tuple[str, Callable[[Agreement], str]]]:
+    """The paired statistics shown for a run judged on ``metric``: its drop first when it is not accuracy."""
+    if metric.kind == ACCURACY:
+        return STATISTICS
+    return [(f"{metric.name} drop vs FP32 [95% CI] (pp)", _metric_drop_cell), *STATISTICS]
+
+
+def _metric_drop_cell(stats: Agreement) -> str:
     """The chosen metric's drop against FP32 with its paired bootstrap interval, as a table cell."""
     low, high = stats.metric_drop_ci95
     return f"{stats.metric_drop_pp:.2f} [{low:.2f}, {high:.2f}]"

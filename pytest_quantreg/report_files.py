@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_text
-from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, Metric, class_metrics
-from pytest_quantreg.report import STATISTICS, metric_drop_cell, ratio_cell
+from pytest_quantreg.metrics import ACCURACY_METRIC, Metric, class_metrics
+from pytest_quantreg.report import ratio_cell, statistics_rows
 from pytest_quantreg.stats import Reference, compare
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _table(
 ) -> list[str]:
     """The terminal summary's statistics as a Markdown table, one row per precision."""
     columns = ["precision", "size MB", "accuracy %", "macro-F1 %", "median ms", "latency ratio, paired [95% CI]"]
-    statistics = STATISTICS if metric.kind == ACCURACY else [(f"{metric.name} drop vs FP32 [95% CI] (pp)", metric_drop_cell), *STATISTICS]
+    statistics = statistics_rows(metric)
     columns += [title for title, _ in statistics] if reference else []
     rows = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]  # "|x|" would split a cell
     for name, m in measurements.items():
@@ -85,7 +85,7 @@ def _table(
         ]
         cells.append(ratio_cell(m))
         if reference:
-            stats = compare(m, reference[0], metric, class_names or None)
+            stats = compare(m, reference[0], metric, class_names)
             cells += [cell(stats) for _, cell in statistics]
         rows.append("| " + " | ".join(cells) + " |")
     if reference:

@@ -18,7 +18,6 @@ from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.metrics import (
     ACCURACY,
     ACCURACY_METRIC,
-    ClassMetrics,
     Metric,
     class_metrics,
     class_names_of,
@@ -75,8 +74,6 @@ class Agreement:
     metric_value: float
     metric_drop_ci95: tuple[float, float]
     metric_p_worse: float  # one-sided: bootstrap for the F1s and per-class metrics, exact McNemar for accuracy
-    classes: ClassMetrics
-    fp32_classes: ClassMetrics
     class_flips: dict[str, int]  # "a -> b": predictions that moved from FP32's class a to b, most first
 
     @property
@@ -128,9 +125,7 @@ class Agreement:
         )
 
 
-def compare(
-    measurement: Measurement, reference: Reference, metric: Metric = ACCURACY_METRIC, class_names: Sequence[str] | None = None
-) -> Agreement:
+def compare(measurement: Measurement, reference: Reference, metric: Metric = ACCURACY_METRIC, class_names: Sequence[str] = ()) -> Agreement:
     """The paired statistics of ``measurement`` against FP32's outcome on the same sample ids, judged on
     ``metric``, with per-class figures (classes named by ``class_names``, else by id)."""
     missing = [i for i in measurement.ids if i not in reference.predictions]
@@ -145,7 +140,7 @@ def compare(
     n = len(labels)
     p = np.asarray([reference.probabilities[i] for i in measurement.ids], dtype=np.float64)
     q = np.asarray(measurement.probabilities, dtype=np.float64)
-    names = class_names_of(labels.tolist(), [*mine.tolist(), *fp32.tolist()], class_names or ())
+    names = class_names_of(labels.tolist(), [*mine.tolist(), *fp32.tolist()], class_names)
     n_classes = len(names)
     mine_classes, fp32_classes = class_metrics(labels.tolist(), mine.tolist(), names), class_metrics(labels.tolist(), fp32.tolist(), names)
     fp32_accuracy, accuracy = float(np.mean(fp32_right)), float(np.mean(mine_right))
@@ -173,8 +168,6 @@ def compare(
         metric_value=mine_classes.value(metric, accuracy),
         metric_drop_ci95=metric_ci,
         metric_p_worse=metric_worse,
-        classes=mine_classes,
-        fp32_classes=fp32_classes,
         class_flips=flips_by_class(fp32.tolist(), mine.tolist(), names),
     )
 
