@@ -4,8 +4,9 @@ A baseline holds FP32's accuracy, confidence, size, latency as recorded, and per
 predictions and probabilities keyed by sample id (never texts), with the provenance that decides
 whether it may be compared with this run at all, and the hardware it was recorded on. It also
 holds, per hardware class, the paired latency ratios of the other precisions, which later runs on
-the same class of hardware are judged against. Files are validated on read, written atomically,
-and only ever written when the user asks (``--quantreg-update-baselines``).
+the same class of hardware are judged against, and per precision the set of units its fallback
+search kept in FP32, which later searches check first. Files are validated on read, written
+atomically, and only ever written when the user asks (``--quantreg-update-baselines``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,12 @@ class Baseline:
     latency_ms: dict[str, float] | None
     predictions: dict[str, dict[str, Any]]
     latency_records: dict[str, dict[str, Any]]
+    fallback_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def fallback_units(self, label: str) -> tuple[str, ...] | None:
+        """The units the fallback search of precision ``label`` stored, or None."""
+        entry = self.fallback_sets.get(label)
+        return tuple(entry["units"]) if entry is not None else None
 
     def latency_ratio(self, hardware_class: str, name: str) -> LatencyRatio | None:
         """The paired latency ratio recorded for precision ``name`` on ``hardware_class``, or None."""
@@ -142,6 +149,7 @@ def load(path: Path) -> Baseline | None:
             latency_ms={k: _number(v) for k, v in fp32["latency_ms"].items()} if fp32.get("latency_ms") else None,
             predictions={str(k): _prediction(v) for k, v in data["predictions"].items()},
             latency_records={str(k): _latency_record(v) for k, v in (data.get("latency_records") or {}).items()},
+            fallback_sets={str(k): _fallback_set(v) for k, v in (data.get("fallback_sets") or {}).items()},
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise QuantregError(f"baseline {path} is incomplete or malformed ({type(exc).__name__}: {exc}); {fix}") from None
@@ -178,15 +186,17 @@ def record(measurement: Measurement, provenance: Provenance, hardware: Hardware,
 def write(path: Path, document: dict[str, Any]) -> str:
     """Write atomically; return 'created', 'updated' or 'unchanged' (outcome ignoring date, timings).
 
-    The latency records of the file being replaced are kept: they belong to other hardware too."""
+    The latency records and fallback sets of the file being replaced are kept while its provenance
+    stays: they belong to other hardware and other precisions too."""
     try:
         old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
         old = {}
     if old is not None and _stable(old) == _stable(document):
         return "unchanged"
-    if isinstance(old, dict) and isinstance(old.get("latency_records"), dict) and _stable(old)[0] == _stable(document)[0]:
-        document = {**document, "latency_records": old["latency_records"]}
+    if isinstance(old, dict) and _stable(old)[0] == _stable(document)[0]:
+        kept = {key: old[key] for key in ("latency_records", "fallback_sets") if isinstance(old.get(key), dict)}
+        document = {**document, **kept}
     _atomic_write(path, document)
     return "created" if old is None else "updated"
 
@@ -208,6 +218,16 @@ def write_latency(path: Path, hardware: Hardware, ratios: dict[str, LatencyRatio
     )
     records[hardware.hardware_class] = entry
     _atomic_write(path, {**document, "latency_records": records})
+
+
+def write_fallback(path: Path, sets: dict[str, dict[str, Any]], versions: dict[str, str]) -> None:
+    """Store each precision's fallback set (``{"units": [...], ...}``) in the baseline at ``path`` (which
+    must exist), replacing those precisions' earlier sets and keeping the others."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    recorded = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    stored = dict(document.get("fallback_sets") or {})
+    stored.update({label: {**entry, "versions": versions, "recorded": recorded} for label, entry in sets.items()})
+    _atomic_write(path, {**document, "fallback_sets": stored})
 
 
 def _atomic_write(path: Path, document: dict[str, Any]) -> None:
@@ -242,6 +262,14 @@ def _latency_record(entry: dict[str, Any]) -> dict[str, Any]:
         low, high = value["ci95"]
         ratios[str(name)] = {"ratio": _number(value["ratio"]), "ci95": [_number(low), _number(high)], "pairs": int(value["pairs"])}
     return {**entry, "ratios": ratios}
+
+
+def _fallback_set(entry: dict[str, Any]) -> dict[str, Any]:
+    """One precision's stored fallback set, checked: its units are module names."""
+    units = entry["units"]
+    if not isinstance(units, list) or not all(isinstance(u, str) and u for u in units):
+        raise TypeError(f"fallback units must be a list of module names, got {units!r}")
+    return dict(entry)
 
 
 def _number(value: Any) -> float:

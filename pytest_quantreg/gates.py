@@ -59,21 +59,16 @@ def check_accuracy(
     limits: Mapping[str, Limit],
     metric: Metric = ACCURACY_METRIC,
     class_names: Sequence[str] = (),
+    context: str = "",
 ) -> Agreement:
-    """Fail when a prediction gate is exceeded (the drop gates judging ``metric``); return the statistics."""
+    """Fail when a prediction gate is exceeded (the drop gates judging ``metric``); return the statistics.
+    ``context`` (lines) goes into the failure message, e.g. what a fallback search found."""
     __tracebackhide__ = True
     try:
         stats = agreement(measurement, baseline, metric, class_names)
     except QuantregError as exc:
         pytest.fail(str(exc), pytrace=False)
-    failures = _accuracy_failures(stats, limits)
-    alpha = limits["alpha"].value
-    noise = ""
-    if failures and alpha is not None and not stats.significant(alpha):
-        test = "McNemar" if stats.metric.kind == ACCURACY else "bootstrap"
-        noise = f"; not significant at alpha {alpha:g} (one-sided {test} p {stats.metric_p_worse:.3g}), so not failed"
-        failures = []
-    failures += _agreement_failures(stats, limits)
+    failures, noise = gate_failures(stats, limits)
     if not failures:
         return stats
     name = measurement.precision
@@ -86,11 +81,25 @@ def check_accuracy(
         + "".join(f"  - {message}\n" for _, message in failures)
         + (f"  predictions moved from FP32's class: {flips}\n" if flips else "")
         + f"  statistics: {stats.describe()}\n"
-        f"  baseline: {baseline.path}\n"
+        + context
+        + f"  baseline: {baseline.path}\n"
         f"  accept it: raise the limit ({fix}, or the quantreg marker)"
         + (f", or re-record FP32 with {UPDATE_FLAG}" if name == FP32 else ""),
         pytrace=False,
     )
+
+
+def gate_failures(stats: Agreement, limits: Mapping[str, Limit]) -> tuple[list[tuple[str, str]], str]:
+    """The prediction gates ``stats`` fails, as ``(gate key, message)``, and the note when ``alpha``
+    excused a drop that is not significant."""
+    failures = _accuracy_failures(stats, limits)
+    alpha = limits["alpha"].value
+    noise = ""
+    if failures and alpha is not None and not stats.significant(alpha):
+        test = "McNemar" if stats.metric.kind == ACCURACY else "bootstrap"
+        noise = f"; not significant at alpha {alpha:g} (one-sided {test} p {stats.metric_p_worse:.3g}), so not failed"
+        failures = []
+    return failures + _agreement_failures(stats, limits), noise
 
 
 def _accuracy_failures(stats: Agreement, limits: Mapping[str, Limit]) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from pytest_quantreg.data import SampleSpec, parse_sample_spec
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.precisions import DEFAULT_PRECISIONS
 
+FALLBACK_MODES = ("off", "report", "enforce")
 MIN_PAIRS = 6  # the fewest pairs whose median has a distribution-free 95% interval inside their range
 
 # (option, ini name, default, help); flags are declared separately.
@@ -75,6 +76,32 @@ _VALUED: list[tuple[str, str, str, str]] = [
         keep.DEFAULT,
         "Modules the precisions that quantize Linear layers keep in FP32: head (the output head), none, "
         "or comma-separated module names such as bert.pooler,bert.encoder.layer.5 (default: %(default)s)",
+    ),
+    (
+        "--quantreg-fallback",
+        "quantreg_fallback",
+        "off",
+        "Fallback search for precisions that fail their accuracy gates: report (find the smallest set of units to keep "
+        "in FP32 and show it; the test still fails), enforce (judge the precision with that set applied) or off "
+        "(default: %(default)s)",
+    ),
+    (
+        "--quantreg-fallback-max-passes",
+        "quantreg_fallback_max_passes",
+        "20000",
+        "Budget of one precision's fallback search in forward passes of one sample (default: %(default)s)",
+    ),
+    (
+        "--quantreg-fallback-max-seconds",
+        "quantreg_fallback_max_seconds",
+        "600",
+        "Budget of one precision's fallback search in seconds (default: %(default)s)",
+    ),
+    (
+        "--quantreg-fallback-report",
+        "quantreg_fallback_report",
+        "",
+        "Write each fallback search's unit ranking, set and settings to this JSON file (put it beside --quantreg-weights-report)",
     ),
     (
         "--quantreg-baseline-dir",
@@ -217,6 +244,10 @@ class Settings:
     latency_pairs: int
     metric: str
     keep_fp32: tuple[str, ...]
+    fallback: str
+    fallback_max_passes: int
+    fallback_max_seconds: float
+    fallback_report: Path | None
     baseline_dir: Path
     update_baselines: bool
     record_latency: bool
@@ -271,6 +302,10 @@ def resolve(config: pytest.Config) -> Settings:
             latency_pairs=_integer("--quantreg-latency-pairs", get("quantreg_latency_pairs"), minimum=MIN_PAIRS),
             metric=get("quantreg_metric"),
             keep_fp32=keep.parse(get("quantreg_keep_fp32")),
+            fallback=_choice("--quantreg-fallback", get("quantreg_fallback"), FALLBACK_MODES),
+            fallback_max_passes=_integer("--quantreg-fallback-max-passes", get("quantreg_fallback_max_passes"), minimum=1),
+            fallback_max_seconds=_seconds("--quantreg-fallback-max-seconds", get("quantreg_fallback_max_seconds")),
+            fallback_report=path("quantreg_fallback_report"),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
             record_latency=flag("quantreg_record_latency"),
@@ -324,6 +359,23 @@ def _device(value: str) -> str:
     if not _DEVICE.match(text):
         raise QuantregError(f"--device: {value!r} is not a device; use cpu, cuda, cuda:N (N = GPU index) or auto")
     return text
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
+    text = value.strip().lower()
+    if text not in choices:
+        raise QuantregError(f"{option}: {value!r} is not one of {', '.join(choices)}; use e.g. {option}={choices[1]}")
+    return text
+
+
+def _seconds(option: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise QuantregError(f"{option}: {value!r} is not a positive number of seconds; use e.g. {option}=300")
+    return number
 
 
 def _integer(option: str, value: str, minimum: int) -> int:

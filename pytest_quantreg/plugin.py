@@ -7,6 +7,7 @@ model.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from collections.abc import Iterator, Mapping
@@ -19,11 +20,11 @@ from pytest_quantreg import hooks, keep, options, xdist
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.failures import LibraryFailure
-from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency
+from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency, gate_failures
 from pytest_quantreg.metrics import class_metrics
 from pytest_quantreg.models import check_model_dir
 from pytest_quantreg.precisions import builtin_registry
-from pytest_quantreg.session import QuantregRun, release_memory
+from pytest_quantreg.session import QuantregRun, fallback_info, release_memory
 from pytest_quantreg.stats import Agreement, LatencyRatio, latency_ratio
 
 if TYPE_CHECKING:
@@ -31,15 +32,16 @@ if TYPE_CHECKING:
 
     from pytest_quantreg.baselines import Baseline
     from pytest_quantreg.data import Sample
+    from pytest_quantreg.fallback import Fallback
     from pytest_quantreg.weights import WeightReport
 
 RUN = pytest.StashKey[QuantregRun]()
 GATE_KEYS = tuple(gate.key for gate in options.GATES)
-MARKER_KEYS = frozenset({*GATE_KEYS, "precisions", "keep_fp32"})
+MARKER_KEYS = frozenset({*GATE_KEYS, "precisions", "keep_fp32", "max_fp32_units"})
 MARKER_HELP = (
-    f"quantreg({', '.join(f'{key}=None' for key in GATE_KEYS)}, precisions=None, keep_fp32=None): per-test gates "
-    "(a number, or a dict of precision -> number), the precisions this test runs for, and the modules its "
-    "quantized models keep in FP32 (head, none or module names)"
+    f"quantreg({', '.join(f'{key}=None' for key in GATE_KEYS)}, precisions=None, keep_fp32=None, max_fp32_units=None): "
+    "per-test gates (a number, or a dict of precision -> number), the precisions this test runs for, the modules its "
+    "quantized models keep in FP32 (head, none or module names), and the most units a fallback search may keep in FP32"
 )
 
 
@@ -92,6 +94,8 @@ def _check_outputs(settings: options.Settings) -> None:
         check_writable(settings.baseline_dir, "--quantreg-baseline-dir")
     if settings.weights_report is not None:
         check_writable(settings.weights_report.parent, "--quantreg-weights-report")
+    if settings.fallback_report is not None:
+        check_writable(settings.fallback_report.parent, "--quantreg-fallback-report")
     if settings.report_dir is not None:
         from pytest_quantreg.report_files import check_available
 
@@ -101,8 +105,6 @@ def _check_outputs(settings: options.Settings) -> None:
 
 def _resolve_device(settings: options.Settings) -> options.Settings:
     """Turn ``auto`` into cpu or cuda; refuse a CUDA device this machine does not have."""
-    import dataclasses
-
     if settings.device == "cpu":
         return settings
     if settings.device == "auto" and not _gpu_build():
@@ -197,6 +199,9 @@ def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
             kwargs["keep_fp32"] = keep.parse(kwargs["keep_fp32"], "quantreg marker keep_fp32")
         except QuantregError as exc:
             pytest.fail(f"{nodeid}: {exc}", pytrace=False)
+    cap = kwargs.get("max_fp32_units")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 0):
+        pytest.fail(f"{nodeid}: quantreg marker max_fp32_units must be a whole number of units, 0 or more; got {cap!r}", pytrace=False)
     precisions = kwargs.get("precisions")
     if isinstance(precisions, str):
         kwargs["precisions"] = [precisions]
@@ -261,6 +266,14 @@ def quantreg_baseline(quantreg_run: QuantregRun) -> Baseline:
 
 
 @pytest.fixture
+def quantreg_fallback(quantreg: Quantreg) -> Fallback:
+    """This precision's fallback search: ``.sensitivity.effects`` (its units ranked by their effect on the
+    outputs), ``.units`` (the smallest set to keep in FP32 so that it passes its gates; empty when it
+    passes as it is), ``.passes``, ``.settings`` (that set for each backend). Run once per precision."""
+    return quantreg.fallback()
+
+
+@pytest.fixture
 def quantreg(request: pytest.FixtureRequest, quantreg_run: QuantregRun, quantreg_precision: str) -> Quantreg:
     """Measure the model at this test's precision and check it against FP32."""
     marker = request.node.get_closest_marker("quantreg")
@@ -306,12 +319,36 @@ class Quantreg:
 
     def check_accuracy(self) -> Agreement:
         """Fail when the predictions regressed against the stored FP32 baseline (accuracy drop, relative
-        accuracy, flip rate, mean KL; significance-aware with ``alpha``); return the paired statistics."""
+        accuracy, flip rate, mean KL; significance-aware with ``alpha``); return the paired statistics.
+
+        With ``--quantreg-fallback`` a failing precision gets a fallback search: ``report`` names the set
+        of units to keep in FP32 in the failure, ``enforce`` judges the precision with that set applied."""
         __tracebackhide__ = True
-        baseline = _user_errors(self._run.baseline)
-        result = self.measure()
         run = self._run
-        return check_accuracy(result, baseline, {key: self.limit(key) for key in GATE_KEYS}, run.metric, run.labels)
+        baseline = _user_errors(run.baseline)
+        result = self.measure()
+        limits = {key: self.limit(key) for key in GATE_KEYS}
+        context = ""
+        if run.settings.fallback != "off" and self.precision != FP32:
+            stats = _user_errors(lambda: agreement(result, baseline, run.metric, run.labels))
+            if gate_failures(stats, limits)[0]:
+                from pytest_quantreg.report import fallback_context
+
+                found = self.fallback()
+                applied = run.measurements.get(f"{self.label}[fallback]")
+                enforce = run.settings.fallback == "enforce" and applied is not None
+                context = fallback_context(found, enforce)
+                if applied is not None and enforce:
+                    result = dataclasses.replace(applied, precision=self.precision)
+        return check_accuracy(result, baseline, limits, run.metric, run.labels, context)
+
+    def fallback(self) -> Fallback:
+        """This precision's fallback search (see the ``quantreg_fallback`` fixture), once per session."""
+        run = self._run
+        limits = {key: self.limit(key) for key in GATE_KEYS}
+        model = self.model
+        cap = self._marker.get("max_fp32_units")
+        return _user_errors(lambda: run.fallback(run.registry[self.precision], self.label, self.keep_fp32, model, limits, cap), run)
 
     def check_latency(self) -> LatencyRatio:
         """Fail when the latency ratio to FP32 (same run) is above the limit beyond noise; return it."""
@@ -376,7 +413,10 @@ class Quantreg:
         ratio = latency_ratio(result.paired_s)
         if ratio is not None:
             info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95), latency_pairs=ratio.n)
+        if self.label in run.fallback_reports:
+            info.update(fallback_info(run.fallback_reports[self.label]))
         benchmark.extra_info.update(info)
+        run.extra_infos[self.label] = benchmark.extra_info  # a fallback search later in the session adds to it
 
 
 def _user_errors(call: Any, run: QuantregRun | None = None) -> Any:
@@ -434,6 +474,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             run.written.append(("written", path))
         except OSError as exc:
             run.skipped["weights report"] = f"cannot write {path}: {exc.strerror}; choose a writable --quantreg-weights-report path"
+    _write_fallbacks(run)
     folder = run.settings.report_dir
     if folder is not None and run.measurements:
         from pytest_quantreg.report import TITLE, header
@@ -454,10 +495,35 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             run.skipped["report"] = f"cannot write into {folder}: {exc.strerror}; choose a writable --quantreg-report folder"
 
 
+def _write_fallbacks(run: QuantregRun) -> None:
+    """The fallback searches' JSON file, and with ``--quantreg-update-baselines`` their sets in the baseline."""
+    from pytest_quantreg.fileio import atomic_write_json
+
+    reports = run.fallback_reports
+    path = run.settings.fallback_report
+    if path is not None and reports:
+        try:
+            atomic_write_json(path, {"model": run.model_name, "precisions": list(reports.values())})
+            run.written.append(("written", path))
+        except OSError as exc:
+            run.skipped["fallback report"] = f"cannot write {path}: {exc.strerror}; choose a writable --quantreg-fallback-report path"
+    setting = keep.describe(run.settings.keep_fp32)
+    found = {label: {"units": r["units"], "keep_fp32": setting} for label, r in reports.items() if r["passes"]}
+    if run.settings.update_baselines and found and run.usable_baseline() is not None:
+        from pytest_quantreg.baselines import write_fallback
+        from pytest_quantreg.example import library_versions
+
+        try:
+            write_fallback(run.baseline_path, found, library_versions())
+            run.notes["fallback stored"] = f"fallback sets of {', '.join(found)} stored in {run.baseline_path}"
+        except QuantregError as exc:
+            run.skipped["fallback sets"] = str(exc)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print the comparison summary last, after pytest-benchmark's table: the run ends with it."""
-    from pytest_quantreg.report import TITLE, summary_table, weight_lines
+    from pytest_quantreg.report import TITLE, fallback_lines, summary_table, weight_lines
 
     run = config.stash.get(RUN, None)
     if run is None:
@@ -474,9 +540,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         for report in run.weight_reports.values():
             for line in weight_lines(report):
                 terminalreporter.write_line(line)
+    if run.fallback_reports:
+        terminalreporter.write_sep("=", f"QUANTREG FALLBACK ({run.model_name})")
+        for found in run.fallback_reports.values():
+            for line in fallback_lines(found):
+                terminalreporter.write_line(line)
+    named = {run.settings.weights_report: "weight report", run.settings.fallback_report: "fallback report"}
     for outcome, path in run.written:
-        what = "report file" if outcome == "written" and path != run.settings.weights_report else "baseline"
-        what = "weight report" if path == run.settings.weights_report else what
+        what = named.get(path) or ("report file" if outcome == "written" else "baseline")
         terminalreporter.write_line(f"quantreg: {what} {outcome}: {path}")
     notes = [_user_errors_or_none(run.build_difference), run.unrecorded_note(), *run.notes.values()]
     for note in filter(None, notes):

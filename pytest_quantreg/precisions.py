@@ -73,6 +73,7 @@ class Precision:
     max_flip_rate: float | None = None
     max_kl: float | None = None
     max_latency_increase: float | None = 10.0
+    backend: str = ""  # whose API keeps layers in FP32 (the fallback search prints that setting): see units.settings
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this precision cannot run on ``device_type`` here, or None when it can."""
@@ -145,6 +146,7 @@ class Registry:
         max_flip_rate: float | None = None,
         max_kl: float | None = None,
         max_latency_increase: float | None = 10.0,
+        backend: str = "",
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -162,6 +164,7 @@ class Registry:
                 max_flip_rate=max_flip_rate,
                 max_kl=max_kl,
                 max_latency_increase=max_latency_increase,
+                backend=backend,
             )
         )
 
@@ -290,6 +293,7 @@ def builtin_registry() -> Registry:
                 max_latency_ratio={"cpu": 0.9},
                 max_flip_rate=15.0,
                 max_kl=0.1,
+                backend="torch.ao quantize_dynamic",
             ),
             Precision(
                 "int8-bnb",
@@ -300,6 +304,7 @@ def builtin_registry() -> Registry:
                 max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
                 max_flip_rate=3.0,
                 max_kl=0.01,
+                backend="bitsandbytes",
             ),
             *(
                 Precision(
@@ -311,6 +316,7 @@ def builtin_registry() -> Registry:
                     max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
                     max_flip_rate=10.0,
                     max_kl=0.1,
+                    backend="bitsandbytes",
                 )
                 for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
             ),

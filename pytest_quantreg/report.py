@@ -1,9 +1,10 @@
 """What the terminal shows: the reproducibility header, the seed-style comparison table with the
-paired statistics, and the per-layer weight error."""
+paired statistics, the per-layer weight error and the fallback searches."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg import keep
 from pytest_quantreg.errors import QuantregError
@@ -14,6 +15,9 @@ from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Met
 from pytest_quantreg.session import QuantregRun
 from pytest_quantreg.stats import Agreement, Reference, compare, latency_ratio
 from pytest_quantreg.weights import WeightReport
+
+if TYPE_CHECKING:
+    from pytest_quantreg.fallback import Fallback
 
 TITLE = "QUANTIZATION COMPARISON SUMMARY"
 
@@ -178,3 +182,94 @@ def _percent(value: float, reference: float) -> str:
 def _smaller(value: float, reference: float) -> str:
     change = (1 - value / reference) * 100 if reference else 0.0
     return f"{change:.2f}% smaller" if change >= 0 else f"{-change:.2f}% larger"
+
+
+def fallback_lines(report: Mapping[str, Any], top: int = 10) -> list[str]:
+    """One precision's fallback search (its JSON form): verdict, the ``top`` units ranked, the set with
+    its figures on both halves, the settings to paste, the cost and the change from the stored set."""
+    name, sensitivity = report["precision"], report["sensitivity"]
+    lines = [f"{name}: {_fallback_verdict(report)}"]
+    ranked = sensitivity["units"]
+    if ranked:
+        lines.extend(_ranking_lines(name, sensitivity, top))
+    if sensitivity["stopped"]:
+        lines.append(f"  ranking {'incomplete' if ranked else 'not measured'}: {sensitivity['stopped']}")
+    if report["units"]:
+        lines.append(
+            f"  set: {', '.join(report['units'])} ({_units(len(report['units']))}, {report['set_share']:.1%} of the Linear parameters; "
+            f"{report['kept_share']:.1%} with the layers kept in FP32 anyway)"
+        )
+        for trial in (report["found"], report["confirmed"]):
+            if trial is not None:
+                lines.append(f"    {trial['part']} half ({trial['n']} samples): {_trial_text(trial)}")
+        settings = report["settings"]
+        lines.append(f"  paste: {settings['pytest-quantreg']}")
+        backend = report.get("backend")
+        if backend in settings:
+            lines.append(f"         {backend}: {settings[backend]}")
+    cost = report["cost"]
+    if cost["forward_passes"]:
+        lines.append(
+            f"  cost: {cost['forward_passes']:,} forward passes ({cost['forward_passes'] / cost['ordinary_pass']:.1f} ordinary passes "
+            f"of {cost['ordinary_pass']} samples), {cost['seconds']:.1f} s"
+        )
+    if report["change"]:
+        lines.append(f"  against the baseline: {report['change']}")
+    return lines
+
+
+def _ranking_lines(name: str, sensitivity: Mapping[str, Any], top: int) -> list[str]:
+    """The ``top`` units ranked by their effect, as a table."""
+    ranked = sensitivity["units"]
+    lines: list[str] = []
+    lines.append(
+        f"  units ranked by effect, each restored to FP32 alone on the {sensitivity['focus_samples']} search-half samples where "
+        f"{name} disagrees most with FP32 ({sensitivity['focus_flips']} flips, summed KL {sensitivity['focus_kl']:.4f}):"
+    )
+    width = max((len(u["unit"]) for u in ranked[:top]), default=4)
+    lines.append(f"    rank | {'unit'.ljust(width)} | KL recovered | flips fixed (added) | min weight SNR | parameters")
+    for u in ranked[:top]:
+        snr = f"{u['min_snr_db']:.1f} dB" if u["min_snr_db"] is not None else "-"
+        lines.append(
+            f"    {u['rank']:4d} | {u['unit'].ljust(width)} | {u['kl_recovered']:11.1%} | "
+            f"{u['flips_fixed']:4d} of {sensitivity['focus_flips']:<4d} ({u['flips_added']}) | {snr:>14} | {u['parameters']:,}"
+        )
+    if len(ranked) > top:
+        lines.append(f"    ... {len(ranked) - top} more units in the fallback report (--quantreg-fallback-report)")
+    return lines
+
+
+def _fallback_verdict(report: Mapping[str, Any]) -> str:
+    if not report["needed"]:
+        return "passes its gates as it is: no search"
+    count = len(report["units"])
+    if report["passes"]:
+        where = "the set stored with the baseline still passes" if report["source"] == "stored" else "found"
+        return f"fails its gates; keeping {_units(count)} in FP32 passes on both halves ({where})"
+    if report["stopped"]:
+        return f"fails its gates; the search stopped: {report['stopped']}; best set so far ({_units(count)}) below"
+    return f"fails its gates; the set found on the search half ({_units(count)}) fails on the held-out half"
+
+
+def _units(count: int) -> str:
+    return f"{count} unit" if count == 1 else f"{count} units"
+
+
+def _trial_text(trial: Mapping[str, Any]) -> str:
+    verdict = "passes" if trial["passes"] else "fails: " + "; ".join(trial["failures"])
+    return (
+        f"accuracy {trial['accuracy']:.2%}, drop {trial['metric_drop_pp']:.2f} pp, flips {trial['flip_rate']:.2%}, "
+        f"mean KL {trial['kl_mean']:.4f}: {verdict}"
+    )
+
+
+def fallback_context(found: Fallback, enforced: bool) -> str:
+    """Lines for a failure message: what the fallback search found, and whether the verdict judged it."""
+    report = found.to_json()
+    if enforced and found.passes:
+        return ""
+    what = f"fallback search: {_fallback_verdict(report)}"
+    if report["units"] and found.passes:
+        what += f"; apply it with {report['settings']['pytest-quantreg']}"
+    judged = "  judged with that set applied (--quantreg-fallback=enforce)\n" if enforced else ""
+    return f"  {what} (details in the QUANTREG FALLBACK summary)\n{judged}"

@@ -202,10 +202,14 @@ def paired_drop_ci95(fp32_only: int, quantized_only: int, n: int) -> tuple[float
 
 def kl_mean(p: np.ndarray, q: np.ndarray) -> float:
     """Mean over samples of KL(p || q) in nats, rows being probability vectors."""
+    return float(np.mean(kl_per_sample(p, q)))
+
+
+def kl_per_sample(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """KL(p || q) in nats of each row pair, rows being probability vectors."""
     p = np.clip(p, _EPS, 1.0)
     q = np.clip(q, _EPS, 1.0)
-    per_sample = np.sum(p * (np.log(p) - np.log(q)), axis=1)
-    return float(np.mean(np.maximum(per_sample, 0.0)))  # KL >= 0; rounding in stored probabilities can dip below
+    return np.maximum(np.sum(p * (np.log(p) - np.log(q)), axis=1), 0.0)  # KL >= 0; rounding in stored probabilities can dip below
 
 
 def _max_logit_change(measurement: Measurement, reference: Reference) -> float | None:

@@ -34,6 +34,7 @@ def worker_output(run: QuantregRun) -> dict[str, Any]:
         "unrecorded": list(run.unrecorded),
         "written": [[outcome, str(path)] for outcome, path in run.written],
         "weight_reports": [dataclasses.asdict(r) for r in run.weight_reports.values()],
+        "fallback_reports": dict(run.fallback_reports),
     }
 
 
@@ -51,6 +52,7 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
     for data in output.get("weight_reports", []):
         layers = tuple(LayerError(**_tuples(layer)) for layer in data["layers"])
         run.weight_reports[data["precision"]] = WeightReport(data["precision"], layers, tuple(data.get("kept_fp32", ())))
+    run.fallback_reports.update(output.get("fallback_reports", {}))
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:

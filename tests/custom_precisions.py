@@ -45,7 +45,23 @@ CUSTOM_PRECISIONS = textwrap.dedent(
         model.forward = flipped
         return model
 
+    CORRUPTED = "bert.encoder.layer.1.output.dense"
+
+    def _corrupt_one(ctx):
+        # int8-dynamic with noise (3x the weights' spread) added to exactly one unit, unless it is kept in FP32
+        model = ctx.load()
+        if not ctx.keeps(CORRUPTED):
+            layer = model.get_submodule(CORRUPTED)
+            noise = torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                layer.weight.add_(noise * layer.weight.std() * 3)
+        linear = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and not ctx.keeps(n)}
+        return torch.ao.quantization.quantize_dynamic(model, linear, dtype=torch.qint8)
+
     def pytest_quantreg_precisions(registry):
+        registry.register(
+            "corrupt-one", _corrupt_one, devices=["cpu"], max_drop=100.0, max_flip_rate=10.0, backend="torch.ao quantize_dynamic"
+        )
         registry.register("damaged", _damaged, devices=["cpu"], max_drop=1.0)
         registry.register("flip-rare", _flip_rare, devices=["cpu"], max_drop=100.0)
         registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})

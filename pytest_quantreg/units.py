@@ -1,0 +1,94 @@
+"""Units of a model for the fallback search, and a set of them written as each backend's setting.
+
+A unit is what a fallback keeps in FP32 as one piece: the attention's query, key and value
+projections of one block together, or any other Linear layer alone (attention output, FFN in,
+FFN out, pooler, head). Unit names are module names, as in the weight report, so a unit is also a
+valid ``--quantreg-keep-fp32`` token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pytest_quantreg import keep
+
+if TYPE_CHECKING:
+    import torch
+
+QKV = frozenset({"query", "key", "value", "q_proj", "k_proj", "v_proj", "q_lin", "k_lin", "v_lin", "q", "k", "v"})
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Linear layers kept in FP32 together, with their parameter count."""
+
+    name: str
+    layers: tuple[str, ...]
+    parameters: int
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """How ``--quantreg-keep-fp32`` names this unit: its module, or its layers when they share one with others."""
+        return self.layers if self.name.endswith("}") else (self.name,)
+
+
+def model_units(model: torch.nn.Module, kept: Iterable[str] = ()) -> list[Unit]:
+    """The units of ``model``'s Linear layers (works on the meta device), those in ``kept`` left out, in model order."""
+    layers = [name for name, _ in keep.linear_layers(model)]
+    modules = dict(model.named_modules())
+    groups: dict[str, list[str]] = {}
+    for name in layers:
+        if name in kept:
+            continue
+        parent, _, leaf = name.rpartition(".")
+        groups.setdefault(f"{parent}\0qkv" if leaf in QKV and parent else name, []).append(name)
+    units = []
+    for key, names in groups.items():
+        name = key
+        if key.endswith("\0qkv"):
+            parent = key.removesuffix("\0qkv")
+            under = [layer for layer in layers if layer.startswith(parent + ".")]
+            name = parent if under == names else f"{parent}.{{{','.join(n.rpartition('.')[2] for n in names)}}}"
+        units.append(Unit(name, tuple(names), sum(_parameters(modules[n]) for n in names)))
+    return units
+
+
+def linear_parameters(model: torch.nn.Module) -> int:
+    """Weights and biases of every Linear layer of ``model``."""
+    modules = dict(model.named_modules())
+    return sum(_parameters(modules[name]) for name, _ in keep.linear_layers(model))
+
+
+def _parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+def settings(kept_tokens: Sequence[str], kept_layers: Sequence[str]) -> dict[str, str]:
+    """The setting that keeps ``kept_layers`` in FP32, for this plugin and for each backend's own API."""
+    names = repr(sorted(kept_layers))
+    return {
+        "pytest-quantreg": f"{keep.OPTION}={keep.describe(kept_tokens)}",
+        "torch.ao quantize_dynamic": (
+            f"keep = {names}; quantize_dynamic(model, {{n for n, m in model.named_modules() "
+            "if isinstance(m, torch.nn.Linear) and n not in keep}, dtype=torch.qint8)"
+        ),
+        "bitsandbytes": f"BitsAndBytesConfig(..., llm_int8_skip_modules={names})",
+        "torchao": f"keep = {names}; quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in keep)",
+        "onnxruntime": f"quantize_dynamic(..., nodes_to_exclude={sorted(node for n in kept_layers for node in onnx_nodes(n))!r})",
+    }
+
+
+def onnx_nodes(layer: str) -> tuple[str, str]:
+    """The nodes ``torch.onnx.export`` (TorchScript exporter) names for Linear layer ``layer``: MatMul, or
+    Gemm for 2-D inputs (pooler, head): ``bert.encoder.layer.0.output.dense`` ->
+    ``/bert/encoder/layer.0/output/dense/MatMul``. ONNX Runtime ignores excluded names it does not find."""
+    parts: list[str] = []
+    for part in layer.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += f".{part}"
+        else:
+            parts.append(part)
+    scope = "/" + "/".join(parts)
+    return f"{scope}/MatMul", f"{scope}/Gemm"
