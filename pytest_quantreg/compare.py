@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.units import set_change
 
 METRICS = {
     "accuracy-drop": "accuracy lost from BASE to HEAD, in points",
@@ -46,6 +47,7 @@ class Entry:
     latency_ratio: float | None
     median_ms: float | None
     hardware_class: str | None = None
+    fallback_units: tuple[str, ...] | None = None  # the fallback search's set, when one ran
 
     @property
     def key(self) -> Key:
@@ -159,6 +161,7 @@ def _entry(bench: Any) -> Entry | None:
         latency_ratio=number(info.get("latency_ratio")),
         median_ms=median * 1000 if median is not None else None,
         hardware_class=str(info["hardware_class"]) if info.get("hardware_class") else None,
+        fallback_units=tuple(map(str, info["fallback_units"])) if isinstance(info.get("fallback_units"), list) else None,
     )
 
 
@@ -188,7 +191,20 @@ def compare_runs(base: Run, head: Run, thresholds: dict[str, float]) -> Comparis
             base_class, head_class = row.base.hardware_class or "not recorded", row.head.hardware_class or "not recorded"
             notes.append(f"different hardware classes (BASE {base_class}, HEAD {head_class}): latency is shown, not judged")
         row.regressions = _judge(row.base, row.head, thresholds, same_machine, same_hardware)
+        fallback = _fallback_change(row.base.fallback_units, row.head.fallback_units)
+        if fallback:
+            notes.append(f"{row.key[2]}: its fallback set (units kept in FP32 to pass) {fallback}")
     return Comparison(base, head, rows, list(dict.fromkeys(notes)))
+
+
+def _fallback_change(base: tuple[str, ...] | None, head: tuple[str, ...] | None) -> str | None:
+    """How the fallback set changed from BASE to HEAD; None when unchanged or searched in neither run."""
+    if base is None and head is None:
+        return None
+    if base is None or head is None:
+        searched, units = ("HEAD", head) if base is None else ("BASE", base)
+        return f"was searched only in {searched}: {', '.join(units or ()) or 'no unit'}"
+    return set_change(base, head)
 
 
 def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool, same_hardware: bool) -> list[str]:

@@ -4,10 +4,12 @@ accuracy gates (drop, relative accuracy, flip rate, KL; significance-aware where
 The sample is split in two halves, stratified by label. Every decision is made on the search half:
 the units are ranked there (:mod:`pytest_quantreg.sensitivity`), added in rank order until the
 gates pass, then each unit of the set is tried without (least sensitive first) and dropped when the
-gates still pass, so that no single unit can be left out. The set found is then confirmed on the
-other half, which took no part in choosing it. A set stored with the baseline is checked first: when
-it still passes both halves there is no search. A budget in forward passes and seconds bounds the
-work; when it runs out the best set so far is reported as such.
+gates still pass, so that no single unit can be left out. On the search half the gates are judged
+with headroom (each limit tightened by ``--quantreg-fallback-headroom`` percent): a set that just
+scrapes through on one half often fails on the other. The set found is then confirmed on the
+other half, which took no part in choosing it, at the gates' own limits. A set stored with the
+baseline is checked first: when it still passes both halves there is no search. A budget in forward
+passes and seconds bounds the work; when it runs out the best set so far is reported as such.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import numpy as np
 from pytest_quantreg.probe import BudgetExhausted, Probe
 from pytest_quantreg.sensitivity import Sensitivity, focus_samples, rank_units
 from pytest_quantreg.stats import Agreement
-from pytest_quantreg.units import Unit
+from pytest_quantreg.units import Unit, set_change
 
-Judge = Callable[[np.ndarray, Sequence[int]], tuple[Agreement, list[str]]]
+Judge = Callable[[np.ndarray, Sequence[int], bool], tuple[Agreement, list[str]]]  # rows, samples, with headroom
 
 
 @dataclass(frozen=True)
@@ -86,17 +88,8 @@ class Fallback:
             return None
         if self.source == "stored":
             return f"the stored set ({len(self.stored)} unit{'s' if len(self.stored) != 1 else ''}) still passes"
-        names = [unit.name for unit in self.units]
-        new = [name for name in names if name not in self.stored]
-        parts = []
-        if len(names) != len(self.stored):
-            parts.append(f"{'grew' if len(names) > len(self.stored) else 'shrank'} from {len(self.stored)} to {len(names)} units")
-        if new:
-            parts.append(f"new: {', '.join(new)}")
-        gone = [name for name in self.stored if name not in names]
-        if gone:
-            parts.append(f"left: {', '.join(gone)}")
-        return "the set stored with the baseline no longer passes; " + ("; ".join(parts) or "the same set") if parts else None
+        change = set_change(self.stored, [unit.name for unit in self.units])
+        return f"the set stored with the baseline no longer passes; {change}" if change else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -179,7 +172,7 @@ class Search:
     def trial(self, units: Sequence[Unit], part: str, indices: Sequence[int]) -> Trial:
         """Judge ``units`` restored to FP32 on ``indices`` (charged against the budget)."""
         rows = self.probe.logits(_layers(units), indices)
-        stats, failures = self.judge(rows, indices)
+        stats, failures = self.judge(rows, indices, part == "search")
         return Trial(
             units=tuple(unit.name for unit in units),
             part=part,

@@ -98,6 +98,13 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "Budget of one precision's fallback search in seconds (default: %(default)s)",
     ),
     (
+        "--quantreg-fallback-headroom",
+        "quantreg_fallback_headroom",
+        "20",
+        "Percent by which the fallback search tightens each accuracy limit on the half it decides on, so that the set "
+        "it finds also passes the held-out half (default: %(default)s)",
+    ),
+    (
         "--quantreg-fallback-report",
         "quantreg_fallback_report",
         "",
@@ -247,6 +254,7 @@ class Settings:
     fallback: str
     fallback_max_passes: int
     fallback_max_seconds: float
+    fallback_headroom: float
     fallback_report: Path | None
     baseline_dir: Path
     update_baselines: bool
@@ -305,6 +313,7 @@ def resolve(config: pytest.Config) -> Settings:
             fallback=_choice("--quantreg-fallback", get("quantreg_fallback"), FALLBACK_MODES),
             fallback_max_passes=_integer("--quantreg-fallback-max-passes", get("quantreg_fallback_max_passes"), minimum=1),
             fallback_max_seconds=_seconds("--quantreg-fallback-max-seconds", get("quantreg_fallback_max_seconds")),
+            fallback_headroom=_percent("--quantreg-fallback-headroom", get("quantreg_fallback_headroom")),
             fallback_report=path("quantreg_fallback_report"),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
@@ -375,6 +384,16 @@ def _seconds(option: str, value: str) -> float:
         number = math.nan
     if not math.isfinite(number) or number <= 0:
         raise QuantregError(f"{option}: {value!r} is not a positive number of seconds; use e.g. {option}=300")
+    return number
+
+
+def _percent(option: str, value: str) -> float:
+    try:
+        number = float(value.strip().rstrip("%"))
+    except ValueError:
+        number = math.nan
+    if not 0 <= number < 100:
+        raise QuantregError(f"{option}: {value!r} is not a percentage from 0 up to (not including) 100; use e.g. {option}=20")
     return number
 
 

@@ -245,11 +245,13 @@ class QuantregRun:
         reference = baseline.reference()
         fp32_probs, fp32_labels = _reference_arrays(reference, self.inputs.ids)
 
-        def judge(rows: np.ndarray, indices: Any) -> tuple[Any, list[str]]:
+        strict = {key: _with_headroom(key, limit, self.settings.fallback_headroom) for key, limit in limits.items()}
+
+        def judge(rows: np.ndarray, indices: Any, headroom: bool) -> tuple[Any, list[str]]:
             from pytest_quantreg.gates import gate_failures
 
             stats = compare(_outcome(label, rows, indices, self.inputs), reference, self.metric, self.labels)
-            return stats, [message for _, message in gate_failures(stats, limits)[0]]
+            return stats, [message for _, message in gate_failures(stats, strict if headroom else limits)[0]]
 
         search = Search(passes, candidates, fp32_probs, fp32_labels, self.inputs.labels, judge)
         with library_failures(precision.name, "running", self.hardware.describe):
@@ -398,12 +400,20 @@ class QuantregRun:
             self.written.append((baselines.write(path, document), path))
             self._recorded_fp32 = True
 
+    def record_key(self, label: str) -> str:
+        """Under which name a latency ratio of ``label`` is recorded: a run that keeps other modules in FP32
+        than the default builds another model, with its own speed, so its name says which."""
+        if "[" in label or self.settings.keep_fp32 == (keep.DEFAULT,):
+            return label
+        return f"{label}[keep-fp32={keep.describe(self.settings.keep_fp32)}]"
+
     def latency_record(self, name: str) -> LatencyRatio | None:
         """The latency ratio recorded for ``name`` on this hardware class, or None (then noted for the summary)."""
         baseline = self.usable_baseline()
-        record = baseline.latency_ratio(self.hardware.hardware_class, name) if baseline is not None else None
-        if record is None and name not in self.unrecorded:
-            self.unrecorded.append(name)
+        key = self.record_key(name)
+        record = baseline.latency_ratio(self.hardware.hardware_class, key) if baseline is not None else None
+        if record is None and key not in self.unrecorded:
+            self.unrecorded.append(key)
         return record
 
     def unrecorded_note(self) -> str | None:
@@ -418,7 +428,7 @@ class QuantregRun:
     def record_latency(self) -> None:
         """With ``--quantreg-update-baselines`` or ``--quantreg-record-latency``, store this run's paired
         latency ratios for this hardware class in the baseline."""
-        ratios = {name: latency_ratio(m.paired_s) for name, m in self.measurements.items() if name != FP32}
+        ratios = {self.record_key(name): latency_ratio(m.paired_s) for name, m in self.measurements.items() if name != FP32}
         measured = {name: ratio for name, ratio in ratios.items() if ratio is not None}
         if not self.settings.records_latency or not measured:
             return
@@ -464,6 +474,15 @@ class QuantregRun:
 def fallback_info(report: Mapping[str, Any]) -> dict[str, Any]:
     """The benchmark JSON's ``extra_info`` entries of a fallback search (what ``quantreg compare`` reads)."""
     return {"fallback_units": report["units"], "fallback_passes": report["passes"], "fallback_needed": report["needed"]}
+
+
+def _with_headroom(key: str, limit: Limit, percent: float) -> Limit:
+    """``limit`` tightened by ``percent``: maxima lowered, the relative-accuracy minimum raised towards 100%."""
+    if limit.value is None or key == "alpha" or percent == 0:
+        return limit
+    scale = 1 - percent / 100
+    value = 100 - (100 - limit.value) * scale if key == "min_relative_accuracy" else limit.value * scale
+    return Limit(value, f"{limit.source}, less {percent:g}% headroom while searching (--quantreg-fallback-headroom)")
 
 
 def _reference_arrays(reference: Reference, ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -65,6 +65,20 @@ def _parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
+def set_change(before: Sequence[str], after: Sequence[str]) -> str | None:
+    """How the unit set ``after`` differs from ``before`` (size, units new and left), or None when it is the same."""
+    parts = []
+    if len(after) != len(before):
+        parts.append(f"{'grew' if len(after) > len(before) else 'shrank'} from {len(before)} to {len(after)} units")
+    new = [name for name in after if name not in before]
+    if new:
+        parts.append(f"new: {', '.join(new)}")
+    gone = [name for name in before if name not in after]
+    if gone:
+        parts.append(f"left: {', '.join(gone)}")
+    return "; ".join(parts) or None
+
+
 def settings(kept_tokens: Sequence[str], kept_layers: Sequence[str]) -> dict[str, str]:
     """The setting that keeps ``kept_layers`` in FP32, for this plugin and for each backend's own API."""
     names = repr(sorted(kept_layers))
