@@ -240,8 +240,8 @@ class Search:
             for unit in ranking:
                 if cap is not None and len(chosen) >= cap:
                     return chosen, found, f"the quantreg marker allows at most {cap} units in FP32 (max_fp32_units) and they do not pass"
+                found = self.trial([*chosen, unit], "search", indices)
                 chosen.append(unit)
-                found = self.trial(chosen, "search", indices)
                 if found.passes:
                     break
             else:

@@ -202,11 +202,11 @@ def fallback_lines(report: Mapping[str, Any], top: int = 10) -> list[str]:
         for trial in (report["found"], report["confirmed"]):
             if trial is not None:
                 lines.append(f"    {trial['part']} half ({trial['n']} samples): {_trial_text(trial)}")
-        settings = report["settings"]
-        lines.append(f"  paste: {settings['pytest-quantreg']}")
-        backend = report.get("backend")
-        if backend in settings:
-            lines.append(f"         {backend}: {settings[backend]}")
+        settings, backend = report["settings"], report.get("backend")
+        if report["passes"]:
+            lines.append(f"  paste: {settings['pytest-quantreg']}")
+            if backend in settings:
+                lines.append(f"         {backend}: {settings[backend]}")
     cost = report["cost"]
     if cost["forward_passes"]:
         lines.append(

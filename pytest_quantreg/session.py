@@ -63,6 +63,7 @@ class QuantregRun:
     _partner: torch.nn.Module | None = None
     _variants: dict[str, torch.nn.Module] = field(default_factory=dict)
     _keep_names: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+    _searched: dict[tuple[Any, ...], Fallback] = field(default_factory=dict)  # (label, cap, gates) -> its search
     _recorded_fp32: bool = False
 
     @property
@@ -215,11 +216,12 @@ class QuantregRun:
     def fallback(
         self, precision: Precision, label: str, tokens: tuple[str, ...], model: Any, limits: Mapping[str, Limit], cap: int | None
     ) -> Fallback:
-        """The fallback search of ``label`` (once per session): its units ranked by their effect on the
-        outputs and, when it fails its gates, the smallest set of them to keep in FP32. The precision
-        with that set applied is measured under ``label[fallback]``."""
-        if label in self.fallbacks:
-            return self.fallbacks[label]
+        """The fallback search of ``label`` (once per session for the same gates and ``cap``): its units
+        ranked by their effect on the outputs and, when it fails its gates, the smallest set of them to
+        keep in FP32. The precision with that set applied is measured under ``label[fallback]``."""
+        asked = (label, cap, tuple(sorted((key, limit.value) for key, limit in limits.items())))
+        if asked in self._searched:
+            return self._searched[asked]
         from pytest_quantreg import probe, units
         from pytest_quantreg.fallback import Fallback, Search
 
@@ -273,13 +275,13 @@ class QuantregRun:
             backend=precision.backend,
             strategy=strategy,
         )
-        if chosen:
+        if chosen and result.found is not None and result.found.passes:
             rows = passes.logits(frozenset(chosen), range(len(self.inputs)), charge=False)
             applied = _outcome(f"{label}[fallback]", rows, range(len(self.inputs)), self.inputs)
             size = passes.size_mb(frozenset(chosen))
             applied = dataclasses.replace(applied, device=measured.device, size_mb=size, kept_fp32=(*kept, *chosen))
             self.measurements[applied.precision] = applied
-        self.fallbacks[label] = result
+        self._searched[asked] = self.fallbacks[label] = result
         self.fallback_reports[label] = result.to_json()
         if label in self.extra_infos:
             self.extra_infos[label].update(fallback_info(self.fallback_reports[label]))
