@@ -32,7 +32,6 @@ from pytest_quantreg.precisions import BuildContext, Precision, Registry
 from pytest_quantreg.stats import LatencyRatio, Reference, compare, latency_ratio
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from pytest_quantreg.fallback import Fallback
@@ -56,7 +55,6 @@ class QuantregRun:
     notes: dict[str, str] = field(default_factory=dict)
     unrecorded: list[str] = field(default_factory=list)  # precisions whose latency had no record for this hardware class
     kept: dict[str, tuple[str, ...]] = field(default_factory=dict)  # label -> Linear layers really kept in FP32
-    fallbacks: dict[str, Fallback] = field(default_factory=dict)  # label -> what its fallback search found
     fallback_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> the same as JSON (xdist workers' too)
     extra_infos: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> its timed benchmark's extra_info
     _fp32_weights: dict[str, torch.Tensor] | None = None
@@ -222,8 +220,8 @@ class QuantregRun:
         asked = (label, cap, tuple(sorted((key, limit.value) for key, limit in limits.items())))
         if asked in self._searched:
             return self._searched[asked]
-        from pytest_quantreg import probe, units
-        from pytest_quantreg.fallback import Fallback, Search
+        from pytest_quantreg.probe import Budget
+        from pytest_quantreg.search import Gates, Subject, find_fallback
 
         baseline = self.usable_baseline()
         if baseline is None:
@@ -232,56 +230,17 @@ class QuantregRun:
                 f"{self.baseline_path}; record it with {baselines.UPDATE_FLAG}"
             )
         measured = self.measure(label, model, benchmark=None, timed=False)
-        fp32_model = self.timing_partner()
         kept = self.keep_names(tokens)
-        candidates = units.model_units(fp32_model, kept)
-        layers = [layer for unit in candidates for layer in unit.layers]
-        if probe.swappable(model, fp32_model, layers):
-            restored, strategy = probe.swapping(model, fp32_model), "swap"
-        else:
-            restored, strategy = probe.rebuilding(lambda extra: self._build_keeping(precision, (*kept, *sorted(extra)))), "rebuild"
-        budget = probe.Budget(self.settings.fallback_max_passes, self.settings.fallback_max_seconds)
-        passes = probe.Probe(restored, self.inputs, budget)
-        if measured.batch_size == 1:  # batched logits differ from the probe's per-sample ones
-            passes.seed(frozenset(), range(len(self.inputs)), measured.logits)
-        reference = baseline.reference()
-        fp32_probs, fp32_labels = _reference_arrays(reference, self.inputs.ids)
-
-        strict = {key: _with_headroom(key, limit, self.settings.fallback_headroom) for key, limit in limits.items()}
-
-        def judge(rows: np.ndarray, indices: Any, headroom: bool) -> tuple[Any, list[str]]:
-            from pytest_quantreg.gates import gate_failures
-
-            stats = compare(_outcome(label, rows, indices, self.inputs), reference, self.metric, self.labels)
-            return stats, [message for _, message in gate_failures(stats, strict if headroom else limits)[0]]
-
-        search = Search(passes, candidates, fp32_probs, fp32_labels, self.inputs.labels, judge)
+        subject = Subject(label, precision.backend, model, lambda names: self._build_keeping(precision, names), kept, tokens)
+        gates = Gates(baseline.reference(), limits, self.metric, self.labels, self.settings.fallback_headroom)
+        budget = Budget(self.settings.fallback_max_passes, self.settings.fallback_max_seconds)
         with library_failures(precision.name, "running", self.hardware.describe):
-            decided = search.run(cap, baseline.fallback_units(label))
-        decided["sensitivity"] = _with_snr(decided["sensitivity"], label, model, fp32_model, kept)
-        chosen = [layer for unit in decided["units"] for layer in unit.layers]
-        total = units.linear_parameters(fp32_model)
-        share = {unit.name: unit.parameters / total for unit in candidates}
-        kept_share = 1 - sum(share.values())
-        result = Fallback(
-            precision=label,
-            **decided,
-            passes_used=budget.used,
-            seconds=budget.elapsed,
-            samples=len(self.inputs),
-            set_share=sum(share[unit.name] for unit in decided["units"]),
-            kept_share=kept_share + sum(share[unit.name] for unit in decided["units"]),
-            settings=units.settings((*tokens, *(t for unit in decided["units"] for t in unit.tokens)), (*kept, *chosen)),
-            backend=precision.backend,
-            strategy=strategy,
-        )
-        if chosen and result.found is not None and result.found.passes:
-            rows = passes.logits(frozenset(chosen), range(len(self.inputs)), charge=False)
-            applied = _outcome(f"{label}[fallback]", rows, range(len(self.inputs)), self.inputs)
-            size = passes.size_mb(frozenset(chosen))
-            applied = dataclasses.replace(applied, device=measured.device, size_mb=size, kept_fp32=(*kept, *chosen))
+            result, applied = find_fallback(
+                subject, self.timing_partner(), self.inputs, measured, gates, budget, cap, baseline.fallback_units(label)
+            )
+        if applied is not None:
             self.measurements[applied.precision] = applied
-        self._searched[asked] = self.fallbacks[label] = result
+        self._searched[asked] = result
         self.fallback_reports[label] = result.to_json()
         if label in self.extra_infos:
             self.extra_infos[label].update(fallback_info(self.fallback_reports[label]))
@@ -476,58 +435,6 @@ class QuantregRun:
 def fallback_info(report: Mapping[str, Any]) -> dict[str, Any]:
     """The benchmark JSON's ``extra_info`` entries of a fallback search (what ``quantreg compare`` reads)."""
     return {"fallback_units": report["units"], "fallback_passes": report["passes"], "fallback_needed": report["needed"]}
-
-
-def _with_headroom(key: str, limit: Limit, percent: float) -> Limit:
-    """``limit`` tightened by ``percent``: maxima lowered, the relative-accuracy minimum raised towards 100%."""
-    if limit.value is None or key == "alpha" or percent == 0:
-        return limit
-    scale = 1 - percent / 100
-    value = 100 - (100 - limit.value) * scale if key == "min_relative_accuracy" else limit.value * scale
-    return Limit(value, f"{limit.source}, less {percent:g}% headroom while searching (--quantreg-fallback-headroom)")
-
-
-def _reference_arrays(reference: Reference, ids: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """FP32's probabilities and predicted labels in the order of ``ids``."""
-    import numpy as np
-
-    probs = np.asarray([reference.probabilities[i] for i in ids], dtype=np.float64)
-    return probs, np.asarray([reference.predictions[i] for i in ids])
-
-
-def _outcome(label: str, rows: np.ndarray, indices: Any, inputs: Inputs) -> Measurement:
-    """An untimed measurement of the samples ``indices`` from their logits ``rows``."""
-    from pytest_quantreg.sensitivity import softmax
-
-    positions = list(indices)
-    probs = softmax(rows)
-    return Measurement(
-        precision=label,
-        device="",
-        ids=tuple(inputs.ids[i] for i in positions),
-        labels=tuple(inputs.labels[i] for i in positions),
-        predictions=tuple(int(p.argmax()) for p in probs),
-        probabilities=tuple(tuple(float(x) for x in p) for p in probs),
-        logits=tuple(tuple(float(x) for x in row) for row in rows),
-        size_mb=0.0,
-        latencies_s=None,
-        timer="not timed (fallback search)",
-    )
-
-
-def _with_snr(sensitivity: Any, label: str, model: Any, fp32_model: torch.nn.Module, kept: tuple[str, ...]) -> Any:
-    """The sensitivity with each unit's worst weight SNR (the weight report's), read side by side with its effect."""
-    import torch
-
-    from pytest_quantreg.weights import linear_weights, weight_report
-
-    if not isinstance(model, torch.nn.Module):
-        return sensitivity
-    snr = {layer.name: layer.snr_db for layer in weight_report(label, linear_weights(fp32_model), model, kept).layers}
-    effects = tuple(
-        dataclasses.replace(e, min_snr_db=min((snr[n] for n in e.unit.layers if n in snr), default=None)) for e in sensitivity.effects
-    )
-    return dataclasses.replace(sensitivity, effects=effects)
 
 
 def _satisfies(cached: Measurement, benchmark: Any | None, timed: bool) -> bool:

@@ -43,6 +43,11 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-latency-pairs=PAIRS",
         "--quantreg-report=REPORT",
         "--quantreg-weights-report=REPORT",
+        "--quantreg-fallback=FALLBACK",
+        "--quantreg-fallback-max-passes=PASSES",
+        "--quantreg-fallback-max-seconds=SECONDS",
+        "--quantreg-fallback-headroom=HEADROOM",
+        "--quantreg-fallback-report=REPORT",
         "--quantreg-text-column=COLUMN",
         "--quantreg-label-column=COLUMN",
     ):
@@ -51,7 +56,7 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     pytester.runpytest("--markers").stdout.fnmatch_lines(
         [
             "@pytest.mark.quantreg(max_drop=None, min_relative_accuracy=None, alpha=None, max_flip_rate=None, max_kl=None, "
-            "max_latency_ratio=None, max_latency_increase=None, precisions=None, keep_fp32=None):*"
+            "max_latency_ratio=None, max_latency_increase=None, precisions=None, keep_fp32=None, max_fp32_units=None):*"
         ]
     )
 
@@ -224,7 +229,7 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     result = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
-            "*unknown quantreg marker argument(s) max_dorp; use alpha, keep_fp32, max_drop, max_flip_rate, max_kl, "
+            "*unknown quantreg marker argument(s) max_dorp; use alpha, keep_fp32, max_drop, max_flip_rate, max_fp32_units, max_kl, "
             "max_latency_increase, max_latency_ratio, min_relative_accuracy, precisions*"
         ]
     )
