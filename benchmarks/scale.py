@@ -28,8 +28,9 @@ SAMPLES = "788"
 RESEARCH_MB = {"fp32": 474.79, "fp16": 237.43, "int8-dynamic": 230.15}
 
 
-def write_model(folder: Path) -> None:
-    """Save a random-init IndoBERT-base-shaped sequence classifier with the example's tokenizer."""
+def write_model(folder: Path, initializer_range: float = 0.02) -> None:
+    """Save a random-init IndoBERT-base-shaped sequence classifier with the example's tokenizer
+    (weights drawn with BERT's std 0.02 unless ``initializer_range`` says otherwise)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
     from transformers.utils.logging import disable_progress_bar
@@ -37,7 +38,13 @@ def write_model(folder: Path) -> None:
     disable_progress_bar()
     torch.manual_seed(0)
     config = BertConfig(
-        vocab_size=50_000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, num_labels=3
+        vocab_size=50_000,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        num_labels=3,
+        initializer_range=initializer_range,
     )
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     load_tokenizer(example_model()).save_pretrained(folder)

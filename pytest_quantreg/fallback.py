@@ -2,9 +2,10 @@
 accuracy gates (drop, relative accuracy, flip rate, KL; significance-aware where ``alpha`` is set).
 
 The sample is split in two halves, stratified by label. Every decision is made on the search half:
-the units are ranked there (:mod:`pytest_quantreg.sensitivity`), added in rank order until the
-gates pass, then each unit of the set is tried without (least sensitive first) and dropped when the
-gates still pass, so that no single unit can be left out. On the search half the gates are judged
+the units are ranked there (:mod:`pytest_quantreg.sensitivity`), the shortest prefix of the
+ranking that passes the gates is found (doubling the prefix, then bisecting), then each unit of the
+set is tried without (least sensitive first) and dropped when the gates still pass, so that no
+single unit can be left out. On the search half the gates are judged
 with headroom (each limit tightened by ``--quantreg-fallback-headroom`` percent): a set that just
 scrapes through on one half often fails on the other. The set found is then confirmed on the
 other half, which took no part in choosing it, at the gates' own limits. A set stored with the
@@ -233,19 +234,11 @@ class Search:
         return (chosen, found, confirmed) if confirmed.passes else None
 
     def _greedy(self, ranking: Sequence[Unit], indices: Sequence[int], cap: int | None) -> tuple[list[Unit], Trial | None, str | None]:
-        """Ranked additions until the gates pass on ``indices``, then pruning; stops at ``cap`` units or the budget."""
-        chosen: list[Unit] = []
-        found: Trial | None = None
+        """The shortest passing prefix of the ranking, then pruning; stops at ``cap`` units or the budget."""
+        chosen, found, stopped = self._shortest_prefix(ranking, indices, cap)
+        if stopped:
+            return chosen, found, stopped
         try:
-            for unit in ranking:
-                if cap is not None and len(chosen) >= cap:
-                    return chosen, found, f"the quantreg marker allows at most {cap} units in FP32 (max_fp32_units) and they do not pass"
-                found = self.trial([*chosen, unit], "search", indices)
-                chosen.append(unit)
-                if found.passes:
-                    break
-            else:
-                return chosen, found, "no set passes: even every unit in FP32 fails the gates"
             for unit in reversed(list(chosen)):
                 if len(chosen) == 1:
                     break
@@ -254,10 +247,43 @@ class Search:
                 if trial.passes:
                     chosen, found = without, trial
         except BudgetExhausted as exc:
-            pruning = found is not None and found.passes
-            when = "while pruning: the set may hold units it can do without" if pruning else "before any set passed"
-            return chosen, found, f"{exc} {when}"
+            return chosen, found, f"{exc} while pruning: the set may hold units it can do without"
         return chosen, found, None
+
+    def _shortest_prefix(
+        self, ranking: Sequence[Unit], indices: Sequence[int], cap: int | None
+    ) -> tuple[list[Unit], Trial | None, str | None]:
+        """The ranked additions: the shortest prefix of ``ranking`` that passes on ``indices``, found by
+        doubling the prefix and then bisecting (about 2 log2 k trials where adding one unit at a time
+        takes k; the same set while passing only grows with the prefix)."""
+        limit = len(ranking) if cap is None else min(cap, len(ranking))
+        failed, passed = 0, 0  # the longest prefix known to fail, the shortest known to pass (0: none yet)
+        best: tuple[list[Unit], Trial | None] = ([], None)
+        size = 1
+        try:
+            while not passed and failed < limit:
+                size = min(size, limit)
+                trial = self.trial(ranking[:size], "search", indices)
+                best = (list(ranking[:size]), trial)
+                if trial.passes:
+                    passed = size
+                else:
+                    failed, size = size, size * 2
+            if not passed:
+                if limit < len(ranking):
+                    return best[0], best[1], f"the quantreg marker allows at most {cap} units in FP32 (max_fp32_units) and they do not pass"
+                return best[0], best[1], "no set passes: even every unit in FP32 fails the gates"
+            while passed - failed > 1:
+                middle = (failed + passed) // 2
+                trial = self.trial(ranking[:middle], "search", indices)
+                if trial.passes:
+                    passed, best = middle, (list(ranking[:middle]), trial)
+                else:
+                    failed = middle
+        except BudgetExhausted as exc:
+            passing = best[1] is not None and best[1].passes
+            return best[0], best[1], f"{exc} {'while bisecting: a shorter prefix may pass' if passing else 'before any set passed'}"
+        return best[0], best[1], None
 
 
 def _layers(units: Sequence[Unit]) -> frozenset[str]:

@@ -83,7 +83,8 @@ def find_fallback(
     decided = search.run(cap, stored)
     decided["sensitivity"] = with_snr(decided["sensitivity"], subject, fp32_model)
     chosen = [layer for unit in decided["units"] for layer in unit.layers]
-    share = {unit.name: unit.parameters / units.linear_parameters(fp32_model) for unit in candidates}
+    total = units.linear_parameters(fp32_model)
+    share = {unit.name: unit.parameters / total for unit in candidates}
     set_share = sum(share[unit.name] for unit in decided["units"])
     result = Fallback(
         precision=subject.label,
