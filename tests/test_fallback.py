@@ -263,6 +263,22 @@ def test_compare_shows_the_fallback_set_change(project: pytest.Pytester) -> None
     assert f"note: corrupt-one: its fallback set (units kept in FP32 to pass) new: {CORRUPTED}; left: bert.pooler.dense" in result.stdout
 
 
+def test_under_xdist_the_controller_reports_and_writes_the_workers_searches(project: pytest.Pytester) -> None:
+    result = project.runpytest_subprocess(
+        "--precision=fp32,corrupt-one",
+        "--quantreg-fallback=report",
+        "--quantreg-fallback-report=fallback.json",
+        "-n",
+        "2",
+        "-k",
+        "accuracy",
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*QUANTREG FALLBACK*", f"*1 | {CORRUPTED} *", "*quantreg: fallback report written: *fallback.json"])
+    assert fallback_report(project)["corrupt-one"]["units"] == [CORRUPTED]
+    assert "CORRUPT-ONE[FALLBACK]" in result.stdout.str()
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
