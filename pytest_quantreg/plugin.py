@@ -334,18 +334,19 @@ class Quantreg:
             if gate_failures(stats, limits)[0]:
                 from pytest_quantreg.report import fallback_context
 
-                found = self.fallback()
-                applied = run.measurements.get(f"{self.label}[fallback]")
-                enforce = run.settings.fallback == "enforce" and applied is not None
-                context = fallback_context(found, enforce)
-                if applied is not None and enforce:
+                found = self._fallback(limits)
+                applied = run.measurements.get(f"{self.label}[fallback]") if run.settings.fallback == "enforce" else None
+                context = fallback_context(found, enforced=applied is not None)
+                if applied is not None:
                     result = dataclasses.replace(applied, precision=self.precision)
         return check_accuracy(result, baseline, limits, run.metric, run.labels, context)
 
     def fallback(self) -> Fallback:
         """This precision's fallback search (see the ``quantreg_fallback`` fixture), once per session."""
+        return self._fallback({key: self.limit(key) for key in GATE_KEYS})
+
+    def _fallback(self, limits: Mapping[str, Limit]) -> Fallback:
         run = self._run
-        limits = {key: self.limit(key) for key in GATE_KEYS}
         model = self.model
         cap = self._marker.get("max_fp32_units")
         return _user_errors(lambda: run.fallback(run.registry[self.precision], self.label, self.keep_fp32, model, limits, cap), run)

@@ -266,8 +266,6 @@ def _trial_text(trial: Mapping[str, Any]) -> str:
 def fallback_context(found: Fallback, enforced: bool) -> str:
     """Lines for a failure message: what the fallback search found, and whether the verdict judged it."""
     report = found.to_json()
-    if enforced and found.passes:
-        return ""
     what = f"fallback search: {_fallback_verdict(report)}"
     if report["units"] and found.passes:
         what += f"; apply it with {report['settings']['pytest-quantreg']}"
