@@ -18,7 +18,7 @@ from pytest_quantreg.gates import Limit, gate_failures
 from pytest_quantreg.metrics import Metric
 from pytest_quantreg.sensitivity import Sensitivity, softmax
 from pytest_quantreg.stats import Agreement, Reference, compare
-from pytest_quantreg.weights import linear_weights, weight_report
+from pytest_quantreg.weights import weight_report
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class Subject:
 def find_fallback(
     subject: Subject,
     fp32_model: torch.nn.Module,
+    fp32_weights: Mapping[str, torch.Tensor],
     inputs: Inputs,
     measured: Measurement,
     gates: Gates,
@@ -81,7 +82,7 @@ def find_fallback(
     fp32_labels = np.asarray([gates.reference.predictions[i] for i in inputs.ids])
     search = Search(passes, candidates, fp32_probs, fp32_labels, inputs.labels, gates.judge(subject.label, inputs))
     decided = search.run(cap, stored)
-    decided["sensitivity"] = with_snr(decided["sensitivity"], subject, fp32_model)
+    decided["sensitivity"] = with_snr(decided["sensitivity"], subject, fp32_weights)
     chosen = [layer for unit in decided["units"] for layer in unit.layers]
     total = units.linear_parameters(fp32_model)
     share = {unit.name: unit.parameters / total for unit in candidates}
@@ -132,11 +133,11 @@ def outcome(label: str, rows: np.ndarray, indices: Sequence[int], inputs: Inputs
     )
 
 
-def with_snr(sensitivity: Sensitivity, subject: Subject, fp32_model: torch.nn.Module) -> Sensitivity:
+def with_snr(sensitivity: Sensitivity, subject: Subject, fp32_weights: Mapping[str, torch.Tensor]) -> Sensitivity:
     """The sensitivity with each unit's worst weight SNR (the weight report's), read side by side with its effect."""
     if not isinstance(subject.model, torch.nn.Module):
         return sensitivity
-    report = weight_report(subject.label, linear_weights(fp32_model), subject.model, subject.kept)
+    report = weight_report(subject.label, dict(fp32_weights), subject.model, subject.kept)
     snr = {layer.name: layer.snr_db for layer in report.layers}
     effects = tuple(
         dataclasses.replace(e, min_snr_db=min((snr[n] for n in e.unit.layers if n in snr), default=None)) for e in sensitivity.effects

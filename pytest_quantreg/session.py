@@ -235,8 +235,9 @@ class QuantregRun:
         gates = Gates(baseline.reference(), limits, self.metric, self.labels, self.settings.fallback_headroom)
         budget = Budget(self.settings.fallback_max_passes, self.settings.fallback_max_seconds)
         with library_failures(precision.name, "running", self.hardware.describe):
+            fp32_model = self.timing_partner()
             result, applied = find_fallback(
-                subject, self.timing_partner(), self.inputs, measured, gates, budget, cap, baseline.fallback_units(label)
+                subject, fp32_model, self.fp32_weights(), self.inputs, measured, gates, budget, cap, baseline.fallback_units(label)
             )
         if applied is not None:
             self.measurements[applied.precision] = applied
@@ -308,23 +309,30 @@ class QuantregRun:
 
     def weight_report(self, name: str, model: torch.nn.Module) -> WeightReport:
         """Per-layer weight error of ``model`` (precision ``name``) against FP32's weights; once per precision."""
-        from pytest_quantreg.weights import linear_weights, weight_report
+        from pytest_quantreg.weights import weight_report
 
         if name not in self.weight_reports:
-            if self._fp32_weights is None:
-                self._fp32_weights = linear_weights(model) if name == FP32 else self._load_fp32_weights()
-            self.weight_reports[name] = weight_report(name, self._fp32_weights, model, self.kept.get(name, ()))
+            reference = self.fp32_weights(model if name == FP32 else None)
+            self.weight_reports[name] = weight_report(name, reference, model, self.kept.get(name, ()))
         return self.weight_reports[name]
 
-    def _load_fp32_weights(self) -> dict[str, torch.Tensor]:
+    def fp32_weights(self, fp32_model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """FP32's Linear weights by layer name (read once): from ``fp32_model`` or the timing partner when
+        at hand, else from an FP32 model built for it and released."""
         from pytest_quantreg.weights import linear_weights
 
-        model = self.build(self.registry[FP32])
-        try:
-            return linear_weights(model)
-        finally:
-            del model
-            release_memory()
+        if self._fp32_weights is None:
+            source = fp32_model if fp32_model is not None else self._partner
+            if source is not None:
+                self._fp32_weights = linear_weights(source)
+            else:
+                model = self.build(self.registry[FP32])
+                try:
+                    self._fp32_weights = linear_weights(model)
+                finally:
+                    del model
+                    release_memory()
+        return self._fp32_weights
 
     def statistics_reference(self) -> tuple[Reference, str] | None:
         """What the summary's paired statistics compare with: the stored baseline, else this run's FP32."""
