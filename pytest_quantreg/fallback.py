@@ -24,7 +24,7 @@ import numpy as np
 from pytest_quantreg.probe import BudgetExhausted, Probe
 from pytest_quantreg.sensitivity import Sensitivity, focus_samples, rank_units
 from pytest_quantreg.stats import Agreement
-from pytest_quantreg.units import Unit, set_change
+from pytest_quantreg.units import Unit, count, set_change
 
 Judge = Callable[[np.ndarray, Sequence[int], bool], tuple[Agreement, list[str]]]  # rows, samples, with headroom
 
@@ -88,7 +88,7 @@ class Fallback:
         if self.stored is None:
             return None
         if self.source == "stored":
-            return f"the stored set ({len(self.stored)} unit{'s' if len(self.stored) != 1 else ''}) still passes"
+            return f"the stored set ({count(len(self.stored))}) still passes"
         change = set_change(self.stored, [unit.name for unit in self.units])
         return f"the set stored with the baseline no longer passes; {change}" if change else None
 

@@ -14,6 +14,7 @@ from pytest_quantreg.gates import FP32
 from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Metric, class_metrics
 from pytest_quantreg.session import QuantregRun
 from pytest_quantreg.stats import Agreement, Reference, compare, latency_ratio
+from pytest_quantreg.units import count
 from pytest_quantreg.weights import WeightReport
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ def fallback_lines(report: Mapping[str, Any], top: int = 10) -> list[str]:
         lines.append(f"  ranking {'incomplete' if ranked else 'not measured'}: {sensitivity['stopped']}")
     if report["units"]:
         lines.append(
-            f"  set: {', '.join(report['units'])} ({_units(len(report['units']))}, {report['set_share']:.1%} of the Linear parameters; "
+            f"  set: {', '.join(report['units'])} ({count(len(report['units']))}, {report['set_share']:.1%} of the Linear parameters; "
             f"{report['kept_share']:.1%} with the layers kept in FP32 anyway)"
         )
         for trial in (report["found"], report["confirmed"]):
@@ -242,17 +243,13 @@ def _ranking_lines(name: str, sensitivity: Mapping[str, Any], top: int) -> list[
 def _fallback_verdict(report: Mapping[str, Any]) -> str:
     if not report["needed"]:
         return "passes its gates as it is: no search"
-    count = len(report["units"])
+    size = count(len(report["units"]))
     if report["passes"]:
         where = "the set stored with the baseline still passes" if report["source"] == "stored" else "found"
-        return f"fails its gates; keeping {_units(count)} in FP32 passes on both halves ({where})"
+        return f"fails its gates; keeping {size} in FP32 passes on both halves ({where})"
     if report["stopped"]:
-        return f"fails its gates; the search stopped: {report['stopped']}; best set so far ({_units(count)}) below"
-    return f"fails its gates; the set found on the search half ({_units(count)}) fails on the held-out half"
-
-
-def _units(count: int) -> str:
-    return f"{count} unit" if count == 1 else f"{count} units"
+        return f"fails its gates; the search stopped: {report['stopped']}; best set so far ({size}) below"
+    return f"fails its gates; the set found on the search half ({size}) fails on the held-out half"
 
 
 def _trial_text(trial: Mapping[str, Any]) -> str:

@@ -65,11 +65,16 @@ def _parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=False))
 
 
+def count(units: int) -> str:
+    """``1 unit``, ``2 units``."""
+    return f"{units} unit" if units == 1 else f"{units} units"
+
+
 def set_change(before: Sequence[str], after: Sequence[str]) -> str | None:
     """How the unit set ``after`` differs from ``before`` (size, units new and left), or None when it is the same."""
     parts = []
     if len(after) != len(before):
-        parts.append(f"{'grew' if len(after) > len(before) else 'shrank'} from {len(before)} to {len(after)} units")
+        parts.append(f"{'grew' if len(after) > len(before) else 'shrank'} from {len(before)} to {count(len(after))}")
     new = [name for name in after if name not in before]
     if new:
         parts.append(f"new: {', '.join(new)}")

@@ -80,7 +80,7 @@ def test_settings_and_changes_are_written_for_each_backend() -> None:
     )
     assert set_change(["a", "b"], ["a", "b"]) is None
     assert set_change(["a"], ["a", "c"]) == "grew from 1 to 2 units; new: c"
-    assert set_change(["a", "b"], ["c"]) == "shrank from 2 to 1 units; new: c; left: a, b"
+    assert set_change(["a", "b"], ["c"]) == "shrank from 2 to 1 unit; new: c; left: a, b"
 
 
 @known_noise_filtered()
