@@ -20,8 +20,8 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
+from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.evaluation import spread
-from pytest_quantreg.precisions import builtin_registry
 from pytest_quantreg.stats import LatencyRatio, latency_ratio
 
 NAME = "int8-dynamic"

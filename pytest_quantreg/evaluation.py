@@ -121,7 +121,9 @@ def measure(
     with a ``partner`` times it too, back to back, on ``pairs`` samples spread over the sample."""
     import torch
 
-    device = next(model.parameters()).device
+    from pytest_quantreg.models import device_of, is_compiled
+
+    device = device_of(model)
     inputs = inputs.to(device)
     sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     logits: list[torch.Tensor | None] = [None] * len(inputs)
@@ -130,7 +132,9 @@ def measure(
         logits[index] = model(**inputs.encodings[index]).logits
         sync()
 
-    stream = [i % len(inputs) for i in range(warmup)] + list(range(len(inputs)))
+    warm = warmup_indices(inputs, warmup, every_shape=is_compiled(model))
+    warmup = len(warm)
+    stream = warm + list(range(len(inputs)))
     partner_s: dict[int, float] = {}
     paired_at = set(spread(len(inputs), pairs))
 
@@ -187,6 +191,20 @@ def measure(
         batch_size=used_batch,
         paired_s=tuple((latencies[i], partner_s[i]) for i in sorted(partner_s)) if latencies and partner_s else None,
     )
+
+
+def warmup_indices(inputs: Inputs, warmup: int, every_shape: bool = False) -> list[int]:
+    """The samples of the warmup passes: the first ``warmup``, and with ``every_shape`` (a compiled
+    model) also one sample of each token count not yet among them, so that compilation for every
+    input shape happens before the timed rounds."""
+    indices = [i % len(inputs) for i in range(warmup)]
+    if every_shape:
+        seen = {inputs.encodings[i]["input_ids"].shape for i in indices}
+        for index, encoding in enumerate(inputs.encodings):
+            if encoding["input_ids"].shape not in seen:
+                seen.add(encoding["input_ids"].shape)
+                indices.append(index)
+    return indices
 
 
 def spread(n: int, pairs: int) -> list[int]:

@@ -98,3 +98,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def int8_reduce_range(device: str) -> bool:
+    """Whether int8 kernels on ``device`` should quantize to a reduced range (7 bits) so that their products
+    cannot overflow: on a CPU without VNNI, as torchao and ONNX Runtime advise. A run whose torch kernels
+    are capped below AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` or ``default``) builds as such a CPU would, so
+    that one machine can check the verdict of another generation."""
+    if not device.startswith("cpu"):
+        return False
+    import torch
+
+    capped = torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2")
+    return capped or "vnni" not in cpu_features()

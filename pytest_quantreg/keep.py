@@ -1,7 +1,8 @@
 """Modules kept in FP32: ``--quantreg-keep-fp32`` resolved against a model's Linear layers.
 
 Precisions that quantize Linear layers leave these alone, each through its backend's own
-mechanism (the module set given to ``quantize_dynamic``, bitsandbytes' ``llm_int8_skip_modules``).
+mechanism (the module set given to ``quantize_dynamic``, bitsandbytes' ``llm_int8_skip_modules``,
+torchao's ``filter_fn``, ONNX Runtime's ``nodes_to_exclude``).
 By default that is the output head: quantizing a classifier's few-row head saves nothing, and it
 is where collapses and kernel crashes happen (bitsandbytes' AVX-512 BF16 4-bit path needs a
 multiple of 32 output rows).
@@ -102,9 +103,17 @@ def kept_in_fp32(model: object, names: Iterable[str]) -> tuple[str, ...]:
     import torch
 
     if not isinstance(model, torch.nn.Module):
-        return ()
+        own = getattr(model, "kept_in_fp32", None)  # a precision that is not a torch module says which itself
+        return tuple(own(tuple(names))) if own is not None else ()
     modules = dict(model.named_modules())
-    return tuple(name for name in names if type(modules.get(name)) is torch.nn.Linear and modules[name].weight.dtype == torch.float32)
+    return tuple(name for name in names if type(modules.get(name)) is torch.nn.Linear and _plain_fp32(modules[name].weight))
+
+
+def _plain_fp32(weight: torch.Tensor) -> bool:
+    """An FP32 weight stored as such: not a quantized tensor subclass (torchao's report FP32 as their dtype)."""
+    import torch
+
+    return weight.dtype == torch.float32 and type(weight.data) is torch.Tensor
 
 
 def short(names: Sequence[str]) -> str:

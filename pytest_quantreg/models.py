@@ -18,11 +18,37 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 MB = 2**20
+COMPILED = "quantreg_compiled"  # set on a torch module whose forward runs under torch.compile
+
+
+def is_compiled(model: Any) -> bool:
+    """Whether ``model`` runs under ``torch.compile``: it compiles anew for each input shape it has not seen."""
+    return bool(getattr(model, COMPILED, False))
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Hold back the named loggers' messages below ERROR for the duration."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+# Loggers that speak while transformers loads a model and imports the optional quantization libraries
+# it finds installed: torchao's CUDA-only extensions that do not load on a CPU, torch's pytree registry
+LOAD_NOISE = ("torchao", "torch.utils._pytree")
 
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports and progress bars for the duration."""
+    """Silence transformers' load reports and progress bars (and what the quantization libraries it
+    imports say) for the duration."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
@@ -30,7 +56,7 @@ def quiet_transformers() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_loggers(*LOAD_NOISE):
             warnings.filterwarnings("ignore", module=r"transformers\.")
             yield
     finally:
@@ -141,8 +167,30 @@ def load_classifier(path: Path, new_head: bool = False, trust_remote_code: bool 
     return model
 
 
+def device_of(model: Any) -> torch.device:
+    """Where ``model`` runs: a torch module's first parameter's device, else the model's own ``device``
+    (what a precision that is not a torch module, such as an ONNX Runtime session, declares)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        parameter = next(model.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+    return torch.device(getattr(model, "device", "cpu"))
+
+
+def model_size_mb(model: Any) -> float:
+    """A model's size in MB of 2**20 bytes: a torch module's serialized state_dict, else the model's
+    own ``size_mb()`` (an ONNX file's size)."""
+    import torch
+
+    if isinstance(model, torch.nn.Module):
+        return state_dict_size_mb(model)
+    return float(model.size_mb())
+
+
 def state_dict_size_mb(model: torch.nn.Module) -> float:
-    """Size of the serialized state_dict (torch.save) in MB of 2**20 bytes: the seed's definition."""
+    """Size of the serialized state_dict (torch.save) in MB of 2**20 bytes: the seed's definition
+    (torchao's quantized tensors serialize as their int8 data and scales)."""
     import torch
 
     buffer = _CountingWriter()

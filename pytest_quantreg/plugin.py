@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_quantreg import hooks, keep, options, xdist
+from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.failures import LibraryFailure
 from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency, gate_failures
 from pytest_quantreg.metrics import class_metrics
 from pytest_quantreg.models import check_model_dir
-from pytest_quantreg.precisions import builtin_registry
 from pytest_quantreg.session import QuantregRun, fallback_info, release_memory
 from pytest_quantreg.stats import Agreement, LatencyRatio, latency_ratio
 

@@ -1,8 +1,11 @@
-"""The precision registry: one build function per quantization backend.
+"""The precision registry: what a precision is, how one is built, and how names are chosen.
 
-A precision turns a model folder into a model on a device. Built-ins cover the seed's methods
-(torch dynamic int8 on CPU, bitsandbytes LLM.int8 and 4-bit); users add their own through the
-``pytest_quantreg_precisions`` hook (see :mod:`pytest_quantreg.hooks`).
+A precision turns a model folder into something that maps a tokenized sample to logits on a
+device and knows its size: a torch module, or an object such as an ONNX Runtime session (see
+:func:`pytest_quantreg.models.device_of`). The built-ins live in :mod:`pytest_quantreg.backends`,
+one module per quantization backend; users add their own through the ``pytest_quantreg_precisions``
+hook (see :mod:`pytest_quantreg.hooks`). Any precision whose build gives a torch module runs
+under ``torch.compile`` as ``NAME+compile``.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
     "cuda": {"int8": "int8-bnb", "int4": "int4-nf4"},
 }
 DEFAULT_PRECISIONS = "fp32,fp16,int8"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+COMPILE_SUFFIX = "+compile"
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class BuildContext:
         return model if "device_map" in kwargs else model.to(self.device)
 
 
-Builder = Callable[[BuildContext], "torch.nn.Module"]
+Builder = Callable[[BuildContext], Any]  # a torch module, or an object with __call__(**encoding) -> .logits, device, size_mb()
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,13 @@ class Precision:
     max_kl: float | None = None
     max_latency_increase: float | None = 10.0
     backend: str = ""  # whose API keeps layers in FP32 (the fallback search prints that setting): see units.settings
+    extra: str = ""  # the pytest-quantreg extra that installs ``requires`` (torchao, onnx); "" for core dependencies
+    unsupported: Callable[[str], str | None] | None = None  # why it cannot run on a device type here, beyond devices/requires
+    compilable: bool = False  # its build gives a torch module that torch.compile can run: NAME+compile is offered
+
+    def installed(self) -> bool:
+        """Whether the packages it needs are installed (``all`` leaves out precisions of missing extras)."""
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this precision cannot run on ``device_type`` here, or None when it can."""
@@ -81,8 +91,9 @@ class Precision:
             return f"{self.name} does not run on {device_type} (runs on: {', '.join(sorted(self.devices))})"
         for module in self.requires:
             if importlib.util.find_spec(module) is None:
-                return f"{self.name} needs the '{module}' package, which is not installed (`pip install {module}`)"
-        return None
+                command = f"pip install 'pytest-quantreg[{self.extra}]'" if self.extra else f"pip install {module}"
+                return f"{self.name} needs the '{module}' package, which is not installed (`{command}`)"
+        return self.unsupported(device_type) if self.unsupported is not None else None
 
     def import_problem(self) -> str | None:
         """Why a required library that is installed cannot be imported, or None when all import."""
@@ -107,15 +118,12 @@ class Precision:
 
 def _quiet_import(module: str) -> None:
     """Import ``module`` with its loggers' warnings held back: on AVX-512 BF16 CPUs bitsandbytes logs at
-    import that an optional kernel package (fetched from a hub) is missing, which says nothing about
-    the model under test."""
-    logger = logging.getLogger(module)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
+    import that an optional kernel package (fetched from a hub) is missing, and torchao that its
+    CUDA-only extensions do not load; neither says anything about the model under test."""
+    from pytest_quantreg.models import LOAD_NOISE, quiet_loggers
+
+    with quiet_loggers(module, *LOAD_NOISE):
         importlib.import_module(module)
-    finally:
-        logger.setLevel(level)
 
 
 class Registry:
@@ -147,6 +155,7 @@ class Registry:
         max_kl: float | None = None,
         max_latency_increase: float | None = 10.0,
         backend: str = "",
+        compilable: bool = False,
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -165,6 +174,7 @@ class Registry:
                 max_kl=max_kl,
                 max_latency_increase=max_latency_increase,
                 backend=backend,
+                compilable=compilable,
             )
         )
 
@@ -182,143 +192,27 @@ class Registry:
         return list(self._items)
 
     def canonical(self, name: str, device_type: str) -> str:
-        """The registered name for ``name`` or an alias on this device type."""
+        """The registered name for ``name`` or an alias on this device type; ``NAME+compile`` of a
+        precision that builds a torch module is registered on first use."""
         key = name.strip().lower()
         key = ALIASES_BY_DEVICE[device_type].get(key, key)
+        base = key.removesuffix(COMPILE_SUFFIX)
+        if key not in self._items and key != base and base in self._items and self._items[base].compilable:
+            from pytest_quantreg.backends.compiled import compiled
+
+            self.add(compiled(self._items[base]))
         if key not in self._items:
             valid = ", ".join([*self.names(), *ALIASES_BY_DEVICE[device_type], "all"])
             raise QuantregError(f"unknown precision {name.strip()!r}; valid names: {valid}")
         return key
 
     def select(self, spec: str, device_type: str) -> list[str]:
-        """Resolve a comma-separated list of names, aliases and ``all``; FP32 first, no repeats."""
+        """Resolve a comma-separated list of names, aliases and ``all`` (every precision whose packages are
+        installed); FP32 first, no repeats."""
         chosen: list[str] = []
         for raw in filter(None, (part.strip() for part in spec.split(","))):
-            expanded = self.names() if raw.lower() == "all" else [self.canonical(raw, device_type)]
+            expanded = [n for n in self.names() if self[n].installed()] if raw.lower() == "all" else [self.canonical(raw, device_type)]
             chosen.extend(n for n in expanded if n not in chosen)
         if not chosen:
             raise QuantregError(f"no precision selected in {spec!r}; name at least one, e.g. --precision=fp32,int8")
         return sorted(chosen, key=lambda n: n != "fp32")
-
-
-def _fp32(ctx: BuildContext) -> torch.nn.Module:
-    return ctx.load()
-
-
-def _fp16(ctx: BuildContext) -> torch.nn.Module:
-    import torch
-
-    return ctx.load(dtype=torch.float16)
-
-
-def _bf16(ctx: BuildContext) -> torch.nn.Module:
-    import torch
-
-    return ctx.load(dtype=torch.bfloat16)
-
-
-def _int8_dynamic(ctx: BuildContext) -> torch.nn.Module:
-    import torch
-
-    model = ctx.load()
-    linear = {name for name, module in model.named_modules() if type(module) is torch.nn.Linear and not ctx.keeps(name)}
-    return torch.ao.quantization.quantize_dynamic(model, linear, dtype=torch.qint8)
-
-
-def _bnb(**config: Any) -> Builder:
-    def build(ctx: BuildContext) -> torch.nn.Module:
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        options = dict(config)
-        if options.get("load_in_4bit"):
-            options["bnb_4bit_compute_dtype"] = torch.float16 if ctx.device.startswith("cuda") else torch.float32
-        options["llm_int8_skip_modules"] = list(ctx.keep_fp32)  # [] quantizes all: None would add transformers' own picks
-        device_map: dict[str, Any] = {"": torch.device(ctx.device)}
-        return ctx.load(quantization_config=BitsAndBytesConfig(**options), device_map=device_map)
-
-    return build
-
-
-def builtin_registry() -> Registry:
-    """The built-in precisions with their documented default gates.
-
-    Set from the example measured under ATEN_CPU_CAPABILITY=default, avx2 and AVX512 on one
-    machine (benchmarks/capabilities.py; benchmarks/RESULTS.md, section 8): every default passes
-    all three with headroom (smallest: int8-dynamic's flips, 15% against 10.59%, and drop, 6.0
-    against 4.13 points), and an int8-dynamic with 4-bit FFN input weights (9.8 points lost, 24%
-    flips) fails on all three. Latency ratios are medians of per-sample ratios to FP32 timed back to
-    back in the same run. On a CPU only int8-dynamic's 0.9 is a speed contract (it measures 0.43
-    with VNNI, 0.8 with AVX2 only); fp16 ran 2.2x FP32 natively and 14.6-17.4x under
-    ATEN_CPU_CAPABILITY=default, so the fp16 / bf16 / bitsandbytes CPU limits are ceilings against
-    a catastrophe. A slowdown of any precision is caught by ``max_latency_increase`` against the
-    ratio recorded for the same hardware class.
-    """
-    bnb = ("bitsandbytes", "accelerate")
-    return Registry(
-        [
-            Precision(
-                "fp32",
-                _fp32,
-                description="the FP32 original, checked against its stored baseline",
-                max_drop=0.5,
-                max_latency_ratio={},
-                max_flip_rate=1.0,
-                max_kl=0.001,
-            ),
-            Precision(
-                "fp16",
-                _fp16,
-                description="half precision weights and activations",
-                max_drop=1.0,
-                max_latency_ratio={"cpu": 40.0, "cuda": 1.2},
-                max_flip_rate=2.0,
-                max_kl=0.005,
-            ),
-            Precision(
-                "bf16",
-                _bf16,
-                description="bfloat16 weights and activations",
-                max_drop=3.0,
-                max_latency_ratio={"cpu": 40.0, "cuda": 1.2},
-                max_flip_rate=3.0,
-                max_kl=0.01,
-            ),
-            Precision(
-                "int8-dynamic",
-                _int8_dynamic,
-                devices=frozenset({"cpu"}),
-                max_drop=6.0,
-                description="torch quantize_dynamic (qint8) on the Linear layers",
-                max_latency_ratio={"cpu": 0.9},
-                max_flip_rate=15.0,
-                max_kl=0.1,
-                backend="torch.ao quantize_dynamic",
-            ),
-            Precision(
-                "int8-bnb",
-                _bnb(load_in_8bit=True),
-                requires=bnb,
-                max_drop=3.0,
-                description="bitsandbytes LLM.int8 (BitsAndBytesConfig(load_in_8bit=True))",
-                max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
-                max_flip_rate=3.0,
-                max_kl=0.01,
-                backend="bitsandbytes",
-            ),
-            *(
-                Precision(
-                    f"int4-{kind}",
-                    _bnb(load_in_4bit=True, bnb_4bit_quant_type=kind),
-                    requires=bnb,
-                    max_drop=10.0,
-                    description=f"bitsandbytes 4-bit {what} weights",
-                    max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
-                    max_flip_rate=10.0,
-                    max_kl=0.1,
-                    backend="bitsandbytes",
-                )
-                for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
-            ),
-        ]
-    )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pytest_quantreg.evaluation import Inputs
+from pytest_quantreg.models import device_of, is_compiled, model_size_mb
 
 Layers = frozenset[str]
 
@@ -63,8 +64,8 @@ class Restored(torch.nn.Module):
 
 def swappable(model: object, fp32: torch.nn.Module, layers: Sequence[str]) -> bool:
     """Whether every one of ``layers`` is a module of both ``model`` and ``fp32``."""
-    if not isinstance(model, torch.nn.Module):
-        return False
+    if not isinstance(model, torch.nn.Module) or is_compiled(model):
+        return False  # an ONNX session has no modules; a compiled model would recompile on every swap
     mine, theirs = dict(model.named_modules()), dict(fp32.named_modules())
     return all(name in mine and name in theirs for name in layers)
 
@@ -124,7 +125,7 @@ class Probe:
             if charge:
                 self.budget.charge(len(missing))
             with self._restored(layers) as model, torch.inference_mode():
-                device = _device_of(model)
+                device = device_of(model)
                 for index in missing:
                     encoding = {k: t.to(device) for k, t in self._inputs.encodings[index].items()}
                     self._rows[(layers, index)] = model(**encoding).logits.float()[0].cpu().numpy().astype(np.float64)
@@ -132,12 +133,5 @@ class Probe:
 
     def size_mb(self, layers: Layers) -> float:
         """The model's state-dict size in MB with ``layers`` restored to FP32."""
-        from pytest_quantreg.models import state_dict_size_mb
-
         with self._restored(layers) as model:
-            return state_dict_size_mb(model)
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
+            return model_size_mb(model)

@@ -250,12 +250,12 @@ class QuantregRun:
     def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
         """Measure ``model`` (label ``name``) once per session; measure again only when a timed pass is
         asked of an untimed one."""
-        from pytest_quantreg.models import known_noise_filtered, state_dict_size_mb
+        from pytest_quantreg.models import known_noise_filtered, model_size_mb
 
         cached = self.measurements.get(name)
         if cached is not None and _satisfies(cached, benchmark, timed):
             return cached
-        size = cached.size_mb if cached is not None else state_dict_size_mb(model)
+        size = cached.size_mb if cached is not None else model_size_mb(model)
         timing = timed and not getattr(benchmark, "disabled", False)
         partner = self.timing_partner() if timing and name != FP32 else None
         with library_failures(name, "running", self.hardware.describe), known_noise_filtered():

@@ -1,7 +1,8 @@
 """Per-layer weight quantization error: each quantized Linear layer dequantized and compared with FP32.
 
-Supported storages: float casts (fp16, bf16, fp32), torch dynamic int8 packed weights, and
-bitsandbytes LLM.int8 and 4-bit (NF4 / FP4) parameters, including the layout bitsandbytes repacks
+Supported storages: float casts (fp16, bf16, fp32), torch dynamic int8 packed weights, torchao's
+quantized tensors, ONNX Runtime's int8 initializers with their scales, and bitsandbytes LLM.int8
+and 4-bit (NF4 / FP4) parameters, including the layout bitsandbytes repacks
 4-bit weights into on CPUs with AVX-512 BF16 at their first forward pass. Layers kept in FP32
 (``--quantreg-keep-fp32``) are listed as such. Errors are computed in float64.
 """
@@ -102,14 +103,12 @@ def error_metrics(reference: torch.Tensor, approx: torch.Tensor) -> tuple[float,
     return rel, snr, cosine, float(err.abs().max()) if err.numel() else 0.0
 
 
-def linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def linear_weights(model: Any) -> dict[str, torch.Tensor]:
     """FP32 copies of the weights of every Linear-like layer, by module name."""
     return {name: weight.clone() for name, weight, _ in _dequantized(model)}
 
 
-def weight_report(
-    precision: str, reference: dict[str, torch.Tensor], model: torch.nn.Module, kept_fp32: tuple[str, ...] = ()
-) -> WeightReport:
+def weight_report(precision: str, reference: dict[str, torch.Tensor], model: Any, kept_fp32: tuple[str, ...] = ()) -> WeightReport:
     """Compare every Linear-like layer of ``model`` with the FP32 weight of the same name; ``kept_fp32``
     names the layers the precision kept in FP32 on purpose."""
     rows = []
@@ -134,6 +133,9 @@ def dequantized_weight(module: torch.nn.Module) -> tuple[torch.Tensor, str] | No
         packed = module.weight()
         scheme = "per-channel" if packed.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else "per-tensor"
         return packed.dequantize().float().cpu(), f"torch {str(packed.dtype).removeprefix('torch.')} {scheme}"
+    if isinstance(module, torch.nn.Linear) and type(module.weight.data) is not torch.Tensor and hasattr(module.weight, "dequantize"):
+        weight: Any = module.weight  # a torchao quantized tensor (Int8Tensor, ...)
+        return weight.dequantize().float().cpu(), f"torchao {type(weight.data).__name__}"
     if isinstance(module, torch.nn.Linear):
         return module.weight.detach().float().cpu(), str(module.weight.dtype).removeprefix("torch.")
     return None
@@ -179,7 +181,12 @@ def _unpack_cpu_4bit(packed: torch.Tensor, state: Any, block_n: int = 32) -> tor
     return values * scales
 
 
-def _dequantized(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor, str]]:
+def _dequantized(model: Any) -> Iterator[tuple[str, torch.Tensor, str]]:
+    import torch
+
+    if not isinstance(model, torch.nn.Module):  # a precision that is not a torch module reads its own (ONNX initializers)
+        yield from getattr(model, "dequantized_weights", lambda: iter(()))()
+        return
     for name, module in model.named_modules():
         found = dequantized_weight(module)
         if found is not None:

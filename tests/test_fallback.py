@@ -19,9 +19,10 @@ import torch
 from custom_precisions import CUSTOM_PRECISIONS
 from test_portability import REPO
 
+from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.evaluation import tokenize
 from pytest_quantreg.models import known_noise_filtered, load_tokenizer
-from pytest_quantreg.precisions import BuildContext, builtin_registry
+from pytest_quantreg.precisions import BuildContext
 from pytest_quantreg.probe import Budget, BudgetExhausted, Probe, rebuilding, swapping
 from pytest_quantreg.units import model_units, onnx_nodes, set_change, settings
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.models import known_noise_filtered
-from pytest_quantreg.precisions import BuildContext, builtin_registry
+from pytest_quantreg.precisions import BuildContext
 from pytest_quantreg.weights import dequantized_weight, error_metrics, linear_weights, weight_report
 
 

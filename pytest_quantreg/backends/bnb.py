@@ -1,0 +1,59 @@
+"""bitsandbytes through transformers' ``BitsAndBytesConfig``: LLM.int8 and 4-bit NF4 / FP4 weights."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pytest_quantreg.precisions import BuildContext, Builder, Precision
+
+if TYPE_CHECKING:
+    import torch
+
+REQUIRES = ("bitsandbytes", "accelerate")
+
+
+def _bnb(**config: Any) -> Builder:
+    def build(ctx: BuildContext) -> torch.nn.Module:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        options = dict(config)
+        if options.get("load_in_4bit"):
+            options["bnb_4bit_compute_dtype"] = torch.float16 if ctx.device.startswith("cuda") else torch.float32
+        options["llm_int8_skip_modules"] = list(ctx.keep_fp32)  # [] quantizes all: None would add transformers' own picks
+        device_map: dict[str, Any] = {"": torch.device(ctx.device)}
+        model: torch.nn.Module = ctx.load(quantization_config=BitsAndBytesConfig(**options), device_map=device_map)
+        return model
+
+    return build
+
+
+def precisions() -> list[Precision]:
+    """int8-bnb, int4-nf4 and int4-fp4. On a CPU their latency limits are ceilings against a catastrophe."""
+    return [
+        Precision(
+            "int8-bnb",
+            _bnb(load_in_8bit=True),
+            requires=REQUIRES,
+            max_drop=3.0,
+            description="bitsandbytes LLM.int8 (BitsAndBytesConfig(load_in_8bit=True))",
+            max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
+            max_flip_rate=3.0,
+            max_kl=0.01,
+            backend="bitsandbytes",
+        ),
+        *(
+            Precision(
+                f"int4-{kind}",
+                _bnb(load_in_4bit=True, bnb_4bit_quant_type=kind),
+                requires=REQUIRES,
+                max_drop=10.0,
+                description=f"bitsandbytes 4-bit {what} weights",
+                max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
+                max_flip_rate=10.0,
+                max_kl=0.1,
+                backend="bitsandbytes",
+            )
+            for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
+        ),
+    ]

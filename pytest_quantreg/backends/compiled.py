@@ -1,0 +1,62 @@
+"""Any torch-module precision under ``torch.compile``: ``NAME+compile``.
+
+The model is compiled with dynamic shapes, in place (its module names stay FP32's, so
+``--quantreg-keep-fp32``, the weight report and the fallback search see the same layers). Compilation
+happens on the first forward pass of each new input shape: the measurement's warmup runs one
+sample of every token count first (:func:`pytest_quantreg.evaluation.warmup_indices`), so no timed
+round ever includes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.models import COMPILED
+from pytest_quantreg.precisions import COMPILE_SUFFIX, BuildContext, Precision
+
+COMPILERS = ("g++", "c++", "clang++")
+
+
+def compiled(precision: Precision) -> Precision:
+    """``precision`` built, then compiled with ``torch.compile(dynamic=True)``; named ``NAME+compile``."""
+
+    def build(ctx: BuildContext) -> Any:
+        import torch
+
+        model = precision.build(ctx)
+        if not isinstance(model, torch.nn.Module):
+            raise QuantregError(f"{precision.name} does not build a torch module, so it cannot run under torch.compile")
+        model.compile(dynamic=True)
+        setattr(model, COMPILED, True)
+        return model
+
+    return dataclasses.replace(
+        precision,
+        name=precision.name + COMPILE_SUFFIX,
+        build=build,
+        description=f"{precision.description}, under torch.compile (compiled in the warmup)",
+        unsupported=_needs_compiler(precision.unsupported),
+        compilable=False,
+    )
+
+
+def _needs_compiler(inner: Callable[[str], str | None] | None) -> Callable[[str], str | None]:
+    """torch.compile's CPU code generator (inductor) builds C++: a CPU run needs a C++ compiler."""
+
+    def reason(device_type: str) -> str | None:
+        found = inner(device_type) if inner is not None else None
+        if found is not None or device_type != "cpu":
+            return found
+        if os.environ.get("CXX") or any(shutil.which(name) for name in COMPILERS):
+            return None
+        return (
+            f"torch.compile on a CPU needs a C++ compiler ({', '.join(COMPILERS)} or $CXX), and none is on PATH; "
+            "install one (e.g. `apt install g++`)"
+        )
+
+    return reason

@@ -1,0 +1,298 @@
+"""ONNX Runtime: the FP32 model exported with ``torch.onnx.export`` and run as it is, or quantized with
+ONNX Runtime's dynamic int8 (QInt8 weights, per channel), on the CPU execution provider (CUDA's where
+onnxruntime-gpu provides it).
+
+A built precision is an :class:`OnnxClassifier`, not a torch module: it maps a tokenized sample to
+logits and knows its size (the ``.onnx`` file, MB of 2^20 bytes). Exports are cached per model
+weights, input order, opset and library versions, and quantized files per their settings too, in
+the same cache folder as the example and under the same rules: written to a temporary file under a
+file lock, renamed into place. Layers kept in FP32 (``--quantreg-keep-fp32``) are excluded from
+quantization by their MatMul / Gemm node names (``nodes_to_exclude``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.models import MB, quiet_loggers
+from pytest_quantreg.precisions import BuildContext, Builder, Precision
+
+if TYPE_CHECKING:
+    import torch
+
+EXTRA = "onnx"
+REQUIRES = ("onnxruntime", "onnx")
+BACKEND = "onnxruntime"
+OPSET = 17
+EXPORTER = "torch.onnx.export (TorchScript)"
+
+
+@dataclass(frozen=True)
+class Logits:
+    """What a forward pass returns, as a transformers model's output does."""
+
+    logits: torch.Tensor
+
+
+@dataclass
+class OnnxClassifier:
+    """An ONNX Runtime session that classifies tokenized samples: called like a transformers model."""
+
+    path: Path
+    session: Any
+    inputs: tuple[str, ...]  # the session's input names, fed from the encoding's tensors of the same names
+    device: torch.device
+    kept: tuple[str, ...] = ()  # Linear layers excluded from quantization
+    weights: dict[str, tuple[str, bool]] = field(default_factory=dict)  # Linear layer -> (its weight initializer, stored [in, out])
+
+    def __call__(self, **encoding: torch.Tensor) -> Logits:
+        import torch
+
+        feeds = {name: encoding[name].cpu().numpy() for name in self.inputs}
+        (logits,) = self.session.run(["logits"], feeds)
+        return Logits(torch.from_numpy(logits).to(self.device))
+
+    def size_mb(self) -> float:
+        """The ``.onnx`` file's size in MB of 2^20 bytes."""
+        return self.path.stat().st_size / MB
+
+    def kept_in_fp32(self, names: Sequence[str]) -> tuple[str, ...]:
+        return tuple(name for name in names if name in self.kept)
+
+    def dequantized_weights(self) -> Iterator[tuple[str, torch.Tensor, str]]:
+        """Every Linear layer's weight as float32 ``[out, in]``: int8 initializers dequantized with their
+        scales and zero points, FP32 ones as they are (the weight report's rows)."""
+        import onnx
+        import torch
+        from onnx import numpy_helper
+
+        stored = {item.name: item for item in onnx.load(str(self.path)).graph.initializer}
+        for layer, (name, in_out) in self.weights.items():
+            if f"{name}_quantized" in stored:
+                codes = numpy_helper.to_array(stored[f"{name}_quantized"]).astype("float64")
+                scale = numpy_helper.to_array(stored[f"{name}_scale"]).astype("float64")
+                zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype("float64")
+                scheme = "per-channel" if scale.size > 1 else "per-tensor"
+                weight, storage = (codes - zero) * scale, f"onnxruntime int8 {scheme}"
+            elif name in stored:
+                weight, storage = numpy_helper.to_array(stored[name]).astype("float64"), "onnx float32"
+            else:
+                continue
+            tensor = torch.from_numpy(weight).float()
+            yield layer, (tensor.T if in_out else tensor).contiguous(), storage
+
+
+def input_order(model: torch.nn.Module, names: Sequence[str]) -> tuple[str, ...]:
+    """The encoding's tensors in the order of the model's ``forward`` signature: the order the exported
+    graph's inputs take, which its input names must follow (a wrong order exports silently and
+    gives wrong answers)."""
+    parameters = list(inspect.signature(model.forward).parameters)
+    return tuple(sorted(names, key=lambda name: parameters.index(name) if name in parameters else len(parameters)))
+
+
+def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path, dict[str, tuple[str, bool]]]:
+    """The FP32 export of ``ctx``'s model (cached), and where each Linear layer's weight is in it.
+
+    ``order`` names the graph's inputs; by default the model's own order (:func:`input_order`)."""
+    from pytest_quantreg.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ctx.model_dir, ctx.trust_remote_code)
+    encoding = dict(tokenizer("pytest-quantreg exports this", return_tensors="pt"))
+    model = ctx.load().to("cpu")
+    names = tuple(order) if order is not None else input_order(model, list(encoding))
+    key = _key({"weights": _weights_digest(ctx.model_dir), "inputs": names, "opset": OPSET, "exporter": EXPORTER})
+    path = _cached(key, "fp32", lambda out: _export(model, encoding, names, out))
+    return path, _weight_initializers(path, model)
+
+
+def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Sequence[str], out: Path) -> None:
+    import torch
+
+    axes = {name: {0: "batch", 1: "tokens"} for name in names}
+    with warnings.catch_warnings(), torch.inference_mode(False):
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings: the export is checked by the gates
+        torch.onnx.export(
+            model,
+            ({name: encoding[name] for name in names},),
+            str(out),
+            input_names=list(names),
+            output_names=["logits"],
+            dynamic_axes={**axes, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, tuple[str, bool]]:
+    """Linear layer -> (the initializer holding its weight, whether stored ``[in, out]`` as MatMul's is)."""
+    import onnx
+
+    from pytest_quantreg.keep import linear_layers
+    from pytest_quantreg.units import onnx_nodes
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    nodes = {node.name: node for node in graph.node}
+    found = {}
+    for layer, _ in linear_layers(model):
+        for name in onnx_nodes(layer):
+            node = nodes.get(name)
+            if node is not None and len(node.input) > 1:
+                trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+                found[layer] = (node.input[1], node.op_type == "MatMul" or not trans_b)
+    return found
+
+
+def quantize(fp32: Path, ctx: BuildContext) -> Path:
+    """ONNX Runtime's dynamic int8 of the export ``fp32`` (cached): QInt8 weights per channel, reduced
+    range without VNNI, the kept layers' nodes excluded."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from pytest_quantreg.hardware import int8_reduce_range
+    from pytest_quantreg.units import onnx_nodes
+
+    excluded = sorted(node for layer in ctx.keep_fp32 for node in onnx_nodes(layer))
+    reduce_range = int8_reduce_range(ctx.device)
+    key = _key({"fp32": fp32.name, "excluded": excluded, "reduce_range": reduce_range, "per_channel": True, "weights": "QInt8"})
+
+    def write(out: Path) -> None:
+        with quiet_loggers("", "onnxruntime"):  # "Please consider to run pre-processing before quantization" (root logger)
+            quantize_dynamic(
+                str(fp32),
+                str(out),
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=reduce_range,
+                nodes_to_exclude=excluded,
+            )
+
+    return _cached(key, "int8", write)
+
+
+def session(path: Path, device: str) -> Any:
+    """An inference session of ``path`` on ``device``, with as many threads as torch uses (comparable timings)."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def classifier(ctx: BuildContext, int8: bool, order: Sequence[str] | None = None) -> OnnxClassifier:
+    """The export of ``ctx``'s model (``int8``: quantized) in a session on ``ctx.device``."""
+    import torch
+
+    fp32, weights = export(ctx, order)
+    path = quantize(fp32, ctx) if int8 else fp32
+    run = session(path, ctx.device)
+    names = tuple(item.name for item in run.get_inputs())
+    kept = tuple(layer for layer in weights if ctx.keeps(layer)) if int8 else tuple(weights)
+    return OnnxClassifier(path, run, names, torch.device(ctx.device), kept, weights)
+
+
+def _builder(int8: bool) -> Builder:
+    def build(ctx: BuildContext) -> OnnxClassifier:
+        return classifier(ctx, int8)
+
+    return build
+
+
+def _cuda_provider(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return None
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "the installed onnxruntime has no CUDA execution provider; install onnxruntime-gpu to run ONNX precisions on CUDA"
+    return None
+
+
+def _key(settings: dict[str, Any]) -> str:
+    versions = {name: _version(name) for name in ("torch", "transformers", "onnx", "onnxruntime")}
+    return hashlib.sha256(json.dumps({**settings, "versions": versions}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _weights_digest(model_dir: Path) -> str:
+    from pytest_quantreg.fileio import file_sha256
+
+    return hashlib.sha256("".join(file_sha256(f) for f in sorted(model_dir.glob("*.safetensors"))).encode()).hexdigest()
+
+
+def _cached(key: str, kind: str, write: Any) -> Path:
+    """``onnx/<kind>-<key>.onnx`` in the cache folder: reused, or written once by ``write(temporary path)``
+    under a file lock and renamed into place."""
+    from filelock import FileLock
+
+    from pytest_quantreg.example import CACHE_ENV, cache_dir
+
+    folder = cache_dir() / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuantregError(f"cannot create the cache folder {folder}: {exc.strerror}; set {CACHE_ENV} to a writable folder") from None
+    target = folder / f"{kind}-{key}.onnx"
+    if target.is_file():
+        return target
+    with FileLock(str(folder / f"{kind}-{key}.lock")):
+        if target.is_file():
+            return target  # another process wrote it while we waited
+        tmp = folder / f".tmp-{kind}-{key}-{os.getpid()}.onnx"
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return target
+
+
+def precisions() -> list[Precision]:
+    """onnx-fp32 (the export itself, gated like FP32: it catches a broken export) and onnx-int8-dynamic."""
+    common: dict[str, Any] = {"requires": REQUIRES, "extra": EXTRA, "backend": BACKEND, "unsupported": _cuda_provider}
+    return [
+        Precision(
+            "onnx-fp32",
+            _builder(int8=False),
+            description=f"the FP32 model exported with {EXPORTER} (opset {OPSET}), run by ONNX Runtime",
+            max_drop=0.5,
+            max_latency_ratio={"cpu": 2.0, "cuda": 2.0},
+            max_flip_rate=1.0,
+            max_kl=0.001,
+            **common,
+        ),
+        Precision(
+            "onnx-int8-dynamic",
+            _builder(int8=True),
+            description="ONNX Runtime quantize_dynamic: QInt8 weights per channel, int8 activations quantized per pass",
+            max_drop=4.0,
+            max_latency_ratio={"cpu": 0.9, "cuda": 2.0},
+            max_flip_rate=6.0,
+            max_kl=0.05,
+            **common,
+        ),
+    ]
