@@ -203,7 +203,9 @@ class Registry:
             self.add(compiled(self._items[base]))
         if key not in self._items:
             valid = ", ".join([*self.names(), *ALIASES_BY_DEVICE[device_type], "all"])
-            raise QuantregError(f"unknown precision {name.strip()!r}; valid names: {valid}")
+            compilable = [n for n in self.names() if self._items[n].compilable]
+            more = f" (and NAME+compile of {_abbreviated(compilable)})" if compilable else ""
+            raise QuantregError(f"unknown precision {name.strip()!r}; valid names: {valid}{more}")
         return key
 
     def select(self, spec: str, device_type: str) -> list[str]:
@@ -216,3 +218,14 @@ class Registry:
         if not chosen:
             raise QuantregError(f"no precision selected in {spec!r}; name at least one, e.g. --precision=fp32,int8")
         return sorted(chosen, key=lambda n: n != "fp32")
+
+
+def _abbreviated(names: list[str]) -> str:
+    """``fp32, fp16, torchao-*``: names that share a prefix up to their first '-' with two others folded into one."""
+    prefixes = [name.split("-", 1)[0] for name in names]
+    shown: list[str] = []
+    for name, prefix in zip(names, prefixes, strict=True):
+        item = f"{prefix}-*" if "-" in name and prefixes.count(prefix) > 2 else name
+        if item not in shown:
+            shown.append(item)
+    return ", ".join(shown)

@@ -1,14 +1,18 @@
 """``--quantreg-report=DIR``: a Markdown report and PNG charts of the run (matplotlib, optional).
 
-Charts: model size, accuracy with its 95% interval, and the per-sample latency distribution of
-each precision. matplotlib is the ``report`` extra; without it the option is a usage error that
-says what to install.
+Charts, each made for the decision of which precision to ship:
+- ``tradeoff.png``: one point per precision, the flip rate against FP32 over the paired latency
+  ratio (log axis), marker area proportional to the model's size;
+- ``drop.png``: the paired drop of the gated metric against FP32 with its 95% interval, the
+  statistic the gate judges (per-precision intervals would overlap where the pairing does not);
+- ``size.png``: the model sizes;
+- ``latency.png``: the per-sample latency distribution of each precision on a log axis.
+matplotlib is the ``report`` extra; without it the option is a usage error that says what to install.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +22,7 @@ from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.fileio import atomic_write_text
 from pytest_quantreg.metrics import ACCURACY_METRIC, Metric, class_metrics
 from pytest_quantreg.report import ratio_cell, statistics_rows
-from pytest_quantreg.stats import Reference, compare
+from pytest_quantreg.stats import Agreement, LatencyRatio, Reference, compare, latency_ratio
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,17 +57,23 @@ def write_report(
     """Write report.md (with each precision's per-class figures and confusion matrix) and the charts
     into ``directory``; return the files written."""
     directory.mkdir(parents=True, exist_ok=True)
-    charts = [_size_chart(directory, measurements), _accuracy_chart(directory, measurements)]
-    if any(m.latencies_s for m in measurements.values()):
-        charts.append(_latency_chart(directory, measurements))
-    else:  # an untimed run (--benchmark-disable): no chart, and none left from an earlier run
-        (directory / "latency.png").unlink(missing_ok=True)
+    paired = {name: compare(m, reference[0], metric, class_names) for name, m in measurements.items()} if reference else {}
+    ratios = {name: latency_ratio(m.paired_s) for name, m in measurements.items()}
+    charts = [
+        _tradeoff_chart(directory, measurements, paired, ratios),
+        _drop_chart(directory, paired, metric),
+        _size_chart(directory, measurements),
+        _latency_chart(directory, measurements),
+    ]
+    for stale in {"tradeoff.png", "drop.png", "latency.png", "accuracy.png"} - {c.name for c in charts if c is not None}:
+        (directory / stale).unlink(missing_ok=True)  # a chart this run cannot draw: none left from an earlier run
     lines = [f"# {title}", "", *(f"- {line}" for line in header), "", *_table(measurements, reference, metric, class_names), ""]
     lines += _classes(measurements, class_names)
-    lines += [f"![{path.stem}]({path.name})" for path in charts]
+    drawn = [path for path in charts if path is not None]
+    lines += [f"![{path.stem}]({path.name})" for path in drawn]
     report = directory / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
-    return [report, *charts]
+    return [report, *drawn]
 
 
 def _table(
@@ -129,28 +139,64 @@ def _size_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
     return _save(figure, directory / "size.png")
 
 
-def _accuracy_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
+def _tradeoff_chart(
+    directory: Path, measurements: dict[str, Measurement], paired: dict[str, Agreement], ratios: dict[str, LatencyRatio | None]
+) -> Path | None:
+    """Flip rate over the paired latency ratio, marker area proportional to size: the decision on one page."""
+    points = [(name, ratios[name], paired[name]) for name in measurements if name in paired and ratios[name] is not None]
+    if not points:
+        return None  # no paired timings (untimed run, or FP32 alone) or no reference
+    figure, axes = _figure(7.5, 4.8)
+    largest = max(measurements[name].size_mb for name, _, _ in points)
+    for name, ratio, stats in points:
+        assert ratio is not None
+        area = 40 + 1200 * measurements[name].size_mb / largest
+        axes.scatter([ratio.ratio], [stats.flip_rate * 100], s=area, alpha=0.55)
+        axes.annotate(
+            f"{name} ({measurements[name].size_mb:.0f} MB)",
+            (ratio.ratio, stats.flip_rate * 100),
+            fontsize=8,
+            ha="center",
+            xytext=(0, 9),
+            textcoords="offset points",
+        )
+    axes.set_xscale("log")
+    axes.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set_xlabel("latency ratio to FP32, paired, same run (log; < 1 is faster)")
+    axes.set_ylabel("flip rate vs FP32 (% of samples)")
+    axes.set_title("Trade-off: predictions kept against speed (marker area = model size)")
+    axes.margins(x=0.15, y=0.2)
+    return _save(figure, directory / "tradeoff.png")
+
+
+def _drop_chart(directory: Path, paired: dict[str, Agreement], metric: Metric) -> Path | None:
+    """The paired drop of the gated metric with its 95% interval, per precision."""
+    if not paired:
+        return None
     figure, axes = _figure()
-    names = list(measurements)
-    accuracy = [m.accuracy * 100 for m in measurements.values()]
-    low, high = zip(*(wilson_interval(m.accuracy, len(m.labels)) for m in measurements.values()), strict=True)
-    errors = [[a - lo * 100 for a, lo in zip(accuracy, low, strict=True)], [hi * 100 - a for a, hi in zip(accuracy, high, strict=True)]]
-    axes.bar(names, accuracy, yerr=errors, capsize=5, color="#55a868")
-    for x, value in enumerate(accuracy):
+    names = list(paired)
+    drops = [stats.metric_drop_pp for stats in paired.values()]
+    low = [d - stats.metric_drop_ci95[0] for d, stats in zip(drops, paired.values(), strict=True)]
+    high = [stats.metric_drop_ci95[1] - d for d, stats in zip(drops, paired.values(), strict=True)]
+    axes.errorbar(names, drops, yerr=[low, high], fmt="o", capsize=5, color="#c44e52")
+    for x, value in enumerate(drops):
         axes.annotate(f"{value:.2f}", (x, value), xytext=(8, 3), textcoords="offset points", fontsize=8)
-    axes.set_ylim(max(0.0, min(low) * 100 - 5), max(high) * 100 + 5)  # headroom for the labels above 100%
-    n = len(next(iter(measurements.values())).labels)
-    axes.set_ylabel("accuracy (%)")
-    axes.set_title(f"Accuracy by precision, 95% Wilson interval, n = {n}")
+    axes.axhline(0.0, color="grey", linewidth=0.8)
+    n = next(iter(paired.values())).n
+    axes.set_ylabel(f"{metric.name} drop vs FP32 (points)")
+    axes.set_title(f"Paired {metric.name} drop with its 95% interval (what the gate judges), n = {n}")
     axes.tick_params(axis="x", labelrotation=20)
-    return _save(figure, directory / "accuracy.png")
+    return _save(figure, directory / "drop.png")
 
 
-def _latency_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
-    figure, axes = _figure(8.0, 4.5)
+def _latency_chart(directory: Path, measurements: dict[str, Measurement]) -> Path | None:
     timed = {name: [s * 1000 for s in m.latencies_s] for name, m in measurements.items() if m.latencies_s}
+    if not timed:
+        return None  # an untimed run (--benchmark-disable)
+    figure, axes = _figure(8.0, 4.5)
     axes.boxplot(list(timed.values()), tick_labels=list(timed), showfliers=True, flierprops={"markersize": 2})
-    axes.set_ylabel("latency per sample (ms, batch size 1)")
+    axes.set_yscale("log")  # one slow outlier would otherwise flatten every box
+    axes.set_ylabel("latency per sample (ms, batch size 1, log)")
     axes.set_title("Latency distribution by precision (same run)")
     axes.tick_params(axis="x", labelrotation=20)
     return _save(figure, directory / "latency.png")
@@ -161,10 +207,3 @@ def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(temporary, format="png")
     temporary.replace(path)
     return path
-
-
-def wilson_interval(share: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)

@@ -103,13 +103,17 @@ def tiny_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def bitsandbytes_imported() -> None:
-    """Import bitsandbytes once for the whole session, before any pytester snapshot of sys.modules.
+    """Import bitsandbytes and torchao once for the whole session, before any pytester snapshot of sys.modules.
 
-    bitsandbytes registers torch operators on import and cannot be imported twice in a process;
-    in-process pytester runs drop the modules they imported, so it must be imported out here.
+    Both register torch operators on import and cannot be imported twice in a process; in-process
+    pytester runs drop the modules they imported, so they must be imported out here.
     """
-    if importlib.util.find_spec("bitsandbytes") is not None:
-        importlib.import_module("bitsandbytes")
+    from pytest_quantreg.models import LOAD_NOISE, quiet_loggers
+
+    for module in ("bitsandbytes", "torchao"):
+        if importlib.util.find_spec(module) is not None:
+            with quiet_loggers(*LOAD_NOISE):
+                importlib.import_module(module)
 
 
 @pytest.fixture

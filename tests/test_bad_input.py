@@ -30,7 +30,9 @@ def _usage_error(result: pytest.RunResult, message: str) -> None:
     [
         (
             ["--precision=int9"],
-            "unknown precision 'int9'; valid names: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, int8, int4, all",
+            "unknown precision 'int9'; valid names: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, torchao-int8-dynamic, "
+            "torchao-int8-dynamic+compile, torchao-int8-weight, torchao-int4-weight, onnx-fp32, onnx-int8-dynamic, int8, int4, all "
+            "(and NAME+compile of fp32, fp16, bf16, torchao-*)",
         ),
         (["--precision=,"], "no precision selected"),
         (["--device=gpu"], "--device: 'gpu' is not a device; use cpu, cuda, cuda:N"),

@@ -228,7 +228,7 @@ def test_report_writes_markdown_and_charts(project: pytest.Pytester) -> None:
     assert "| int8-dynamic | " in report
     header = next(line for line in report.splitlines() if line.startswith("| precision |"))
     assert header.replace("\\|", "").count("|") == 12  # 11 columns: a "|" inside a name is escaped
-    for chart in ("size.png", "accuracy.png", "latency.png"):
+    for chart in ("tradeoff.png", "drop.png", "size.png", "latency.png"):
         assert f"![{chart[:-4]}]({chart})" in report
         data = (project.path / "out" / chart).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -67,27 +67,33 @@ def _int4_unsupported(device_type: str) -> str | None:
 
 
 def precisions() -> list[Precision]:
-    """torchao-int8-dynamic (and its +compile variant), torchao-int8-weight, torchao-int4-weight."""
+    """torchao-int8-dynamic (and its +compile variant), torchao-int8-weight, torchao-int4-weight.
+
+    On a CPU their latency limits are ceilings against a catastrophe, not speed contracts: eager
+    torchao int8 runs 1.0 to 2.2x FP32, and compiled int8 0.49x with AVX-512 VNNI but 1.04 to 1.15x
+    with torch's kernels capped at AVX2 or the default (benchmarks/RESULTS.md, section 8). A
+    slowdown is caught by the ratio recorded for the hardware class (``max_latency_increase``).
+    """
     common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND, "compilable": True}
     int8_dynamic = Precision(
         "torchao-int8-dynamic",
         _quantized(_int8_dynamic),
         description="torchao Int8DynamicActivationInt8WeightConfig (per-row int8 weights, per-token int8 activations)",
         max_drop=3.0,
-        max_latency_ratio={"cpu": 3.0, "cuda": 4.0},
+        max_latency_ratio={"cpu": 5.0, "cuda": 4.0},
         max_flip_rate=4.0,
         max_kl=0.02,
         **common,
     )
     return [
         int8_dynamic,
-        dataclasses.replace(compiled(int8_dynamic), max_latency_ratio={"cpu": 0.9, "cuda": 1.2}),
+        dataclasses.replace(compiled(int8_dynamic), max_latency_ratio={"cpu": 4.0, "cuda": 2.0}),
         Precision(
             "torchao-int8-weight",
             _quantized(_int8_weight),
             description="torchao Int8WeightOnlyConfig (per-row int8 weights, float activations)",
             max_drop=2.0,
-            max_latency_ratio={"cpu": 3.0, "cuda": 2.0},
+            max_latency_ratio={"cpu": 5.0, "cuda": 2.0},
             max_flip_rate=2.0,
             max_kl=0.01,
             **common,

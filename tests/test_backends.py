@@ -1,0 +1,220 @@
+"""The torchao and ONNX Runtime backends and compiled precisions, end to end on the tiny model and the example.
+
+These precisions need the extras (``pip install 'pytest-quantreg[torchao,onnx]'``, which
+``scripts/setup.sh`` installs); without them their tests skip with that command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from test_plugin import record_baseline
+
+from pytest_quantreg.backends import builtin_registry
+from pytest_quantreg.evaluation import Inputs, warmup_indices
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRAS = "pip install 'pytest-quantreg[torchao,onnx]'"
+needs_extras = pytest.mark.skipif(
+    importlib.util.find_spec("torchao") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason=f"the torchao and onnx extras are not installed: {EXTRAS}",
+)
+NEW = ("torchao-int8-dynamic", "torchao-int8-weight", "onnx-fp32", "onnx-int8-dynamic")
+
+
+def by_precision(path: Path) -> dict[str, dict]:
+    return {b["params"]["quantreg_precision"]: b for b in json.loads(path.read_text(encoding="utf-8"))["benchmarks"]}
+
+
+def weight_layers(path: Path) -> dict[str, dict[str, dict]]:
+    reports = json.loads(path.read_text(encoding="utf-8"))["precisions"]
+    return {report["precision"]: {layer["name"]: layer for layer in report["layers"]} for report in reports}
+
+
+@needs_extras
+def test_new_backends_end_to_end_on_the_tiny_model(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest(
+        f"--precision=fp32,int8-dynamic,{','.join(NEW)}", "--benchmark-json=bench.json", "--quantreg-weights-report=weights.json"
+    )
+    result.assert_outcomes(passed=12)
+    result.stdout.fnmatch_lines(["*| TORCHAO-INT8-DYNAMIC |*| ONNX-FP32 |*| ONNX-INT8-DYNAMIC |*"])
+    bench = by_precision(quantreg_pytester.path / "bench.json")
+    for name in NEW:
+        info = bench[name]["extra_info"]
+        assert bench[name]["stats"]["rounds"] == 60, name  # one timed round per sample
+        assert info["latency_pairs"] > 0, name  # timed back to back with FP32
+        assert info["kept_fp32"] == ["classifier"], name
+        assert info["flip_rate"] <= 0.05, name
+    assert bench["onnx-fp32"]["extra_info"]["flip_rate"] == 0
+    assert bench["onnx-fp32"]["extra_info"]["kl_mean"] < 1e-6  # the export computes what FP32 computes
+    fp32_mb = bench["fp32"]["extra_info"]["size_mb"]
+    assert bench["onnx-fp32"]["extra_info"]["size_mb"] == pytest.approx(fp32_mb, rel=0.05)  # the .onnx file
+    for name in ("torchao-int8-dynamic", "torchao-int8-weight", "onnx-int8-dynamic"):
+        assert bench[name]["extra_info"]["size_mb"] < 0.8 * fp32_mb, name
+
+    layers = weight_layers(quantreg_pytester.path / "weights.json")
+    dense = "bert.encoder.layer.0.output.dense"
+    assert layers["torchao-int8-dynamic"][dense]["storage"] == "torchao Int8Tensor"
+    assert layers["onnx-int8-dynamic"][dense]["storage"] == "onnxruntime int8 per-channel"
+    assert layers["onnx-fp32"][dense]["snr_db"] is None  # exact: written as null
+    assert "kept in FP32" in layers["onnx-int8-dynamic"]["classifier"]["storage"]
+    assert layers["onnx-int8-dynamic"]["classifier"]["snr_db"] is None
+    for name, layer in layers["torchao-int8-weight"].items():
+        if name == "classifier":
+            continue
+        onnx_snr = layers["onnx-int8-dynamic"][name]["snr_db"]
+        # both are symmetric per-output-channel int8 of the same weights: the same error, read from two storages
+        assert 30 < layer["snr_db"] < 60, name
+        assert onnx_snr == pytest.approx(layer["snr_db"], abs=0.5), name
+        assert layers["int8-dynamic"][name]["snr_db"] < layer["snr_db"], name  # per-tensor int8 loses more
+
+
+@needs_extras
+def test_layers_kept_in_fp32_are_kept_by_torchao_and_onnx_runtime(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    kept = "bert.encoder.layer.1.output.dense"
+    result = quantreg_pytester.runpytest(
+        "--precision=torchao-int8-dynamic,onnx-int8-dynamic",
+        f"--quantreg-keep-fp32=head,{kept}",
+        "--quantreg-weights-report=weights.json",
+        "-k",
+        "accuracy",
+    )
+    result.assert_outcomes(passed=2)
+    layers = weight_layers(quantreg_pytester.path / "weights.json")
+    for name in ("torchao-int8-dynamic", "onnx-int8-dynamic"):
+        assert layers[name][kept]["snr_db"] is None, name  # FP32 weights, exactly
+        assert "kept in FP32" in layers[name][kept]["storage"], name
+        assert layers[name]["bert.encoder.layer.0.output.dense"]["snr_db"] is not None, name  # its neighbour is quantized
+    result.stdout.fnmatch_lines([f"kept in FP32 * classifier, {kept} * classifier, {kept}*"])
+
+
+SWAPPED = textwrap.dedent(
+    """
+    from pytest_quantreg.backends import ort
+
+    def pytest_quantreg_precisions(registry):
+        # the export bug of the issue: input names given in another order than the graph's inputs
+        registry.register(
+            "onnx-swapped",
+            lambda ctx: ort.classifier(ctx, int8=False, order=("attention_mask", "input_ids", "token_type_ids")),
+            devices=["cpu"], max_drop=0.5, max_flip_rate=1.0, max_kl=0.001, requires=["onnxruntime", "onnx"],
+        )
+    """
+)
+
+
+@needs_extras
+def test_an_export_with_swapped_inputs_fails_the_fp32_onnx_gate(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(SWAPPED)
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=onnx-fp32,onnx-swapped", "-k", "accuracy")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*flip rate*", "FAILED *test_accuracy?onnx-swapped?*"])
+    assert "FAILED test_regression.py::test_accuracy[onnx-fp32]" not in result.stdout.str()
+
+
+MISSING = textwrap.dedent(
+    """
+    def pytest_quantreg_precisions(registry):
+        # as if the torchao extra were not installed
+        registry.replace("torchao-int8-weight", requires=("torchao_not_installed_here",))
+    """
+)
+
+
+def test_a_precision_of_a_missing_extra_skips_with_the_install_command_and_all_leaves_it_out(
+    quantreg_pytester: pytest.Pytester,
+) -> None:
+    quantreg_pytester.makeconftest(MISSING)
+    result = quantreg_pytester.runpytest("--precision=fp32,torchao-int8-weight", "-k", "accuracy", "--co", "-q")
+    result.stdout.fnmatch_lines(["*test_accuracy?torchao-int8-weight?*"])
+    skipped = quantreg_pytester.runpytest("--precision=torchao-int8-weight", "-rs")
+    skipped.assert_outcomes(skipped=2)
+    skipped.stdout.fnmatch_lines(
+        ["*torchao-int8-weight needs the 'torchao_not_installed_here' package*pip install 'pytest-quantreg[torchao]'*"]
+    )
+    everything = quantreg_pytester.runpytest("--precision=all", "--co", "-q").stdout.str()
+    assert "torchao-int8-weight" not in everything
+    assert "test_accuracy[fp32]" in everything
+
+
+def test_names_all_and_compile_variants() -> None:
+    registry = builtin_registry()
+    assert registry.canonical("fp16+compile", "cpu") == "fp16+compile"  # registered on first use
+    assert registry["fp16+compile"].description.endswith("under torch.compile (compiled in the warmup)")
+    with pytest.raises(Exception, match=r"NAME\+compile of fp32"):
+        registry.canonical("onnx-fp32+compile", "cpu")  # an ONNX session is not a torch module
+    missing = dataclasses.replace(registry["onnx-fp32"], requires=("no_such_module_xyz",))
+    assert "pip install 'pytest-quantreg[onnx]'" in (missing.unavailable_reason("cpu") or "")
+    assert "no CPU kernel" in (registry["torchao-int4-weight"].unavailable_reason("cpu") or "torchao not installed")
+
+
+def test_the_warmup_of_a_compiled_model_covers_every_token_count() -> None:
+    import torch
+
+    lengths = [5, 5, 7, 3, 7, 9, 3]
+    encodings = tuple({"input_ids": torch.ones(1, n, dtype=torch.long)} for n in lengths)
+    inputs = Inputs(tuple(map(str, range(len(lengths)))), (0,) * len(lengths), encodings)
+    assert warmup_indices(inputs, 2) == [0, 1]
+    warm = warmup_indices(inputs, 2, every_shape=True)
+    assert warm[:2] == [0, 1]
+    assert {lengths[i] for i in warm} == set(lengths)
+    assert len(warm) == 2 + 3  # one more pass for each of 7, 3 and 9 tokens
+
+
+def test_a_compiled_precision_compiles_in_the_warmup_and_never_in_a_timed_round(quantreg_pytester: pytest.Pytester) -> None:
+    from torch._dynamo.utils import counters
+
+    record_baseline(quantreg_pytester)
+    graphs = counters["stats"]["unique_graphs"]
+    # no warmup asked: the only warmup passes are the compiled model's one sample per token count
+    result = quantreg_pytester.runpytest("--precision=fp32,fp32+compile", "--quantreg-warmup=0", "--benchmark-json=bench.json")
+    result.assert_outcomes(passed=4)
+    assert counters["stats"]["unique_graphs"] > graphs  # it really ran compiled
+    stats = by_precision(quantreg_pytester.path / "bench.json")["fp32+compile"]["stats"]
+    assert stats["rounds"] == 60
+    # compiling takes seconds; a forward pass of the tiny model milliseconds
+    assert stats["max"] < 0.25, stats
+
+
+@needs_extras
+def test_on_the_example_torchao_and_onnx_runtime_report_statistics_weights_and_json(tmp_path: Path) -> None:
+    names = "fp32,torchao-int8-dynamic,onnx-int8-dynamic"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_quantization.py",
+            "-p",
+            "no:cacheprovider",
+            f"--precision={names}",
+            f"--benchmark-json={tmp_path / 'bench.json'}",
+            f"--quantreg-weights-report={tmp_path / 'weights.json'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert "6 passed" in run.stdout
+    assert "Failed to load" not in run.stdout + run.stderr  # torchao's import noise is held back
+    bench = by_precision(tmp_path / "bench.json")
+    for name in ("torchao-int8-dynamic", "onnx-int8-dynamic"):
+        info = bench[name]["extra_info"]
+        assert info["n_samples"] == 387
+        assert info["flip_rate"] < 0.06, name  # both keep far more of FP32's predictions than quantize_dynamic's 10.3%
+        assert info["latency_pairs"] > 0
+    assert bench["onnx-int8-dynamic"]["extra_info"]["size_mb"] < 30  # embeddings quantized too
+    layers = weight_layers(tmp_path / "weights.json")
+    assert len(layers["onnx-int8-dynamic"]) == len(layers["torchao-int8-dynamic"]) == len(layers["fp32"])
