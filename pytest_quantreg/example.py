@@ -233,7 +233,7 @@ def evaluate_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose changes this tool guards against."""
     versions = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "bitsandbytes", "tokenizers", "numpy"):
+    for name in ("torch", "transformers", "bitsandbytes", "torchao", "onnxruntime", "onnx", "tokenizers", "numpy"):
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 TITLE = "QUANTIZATION COMPARISON SUMMARY"
 
+CORE = ("torch", "transformers", "bitsandbytes")  # versions every header shows
+
 
 def header(run: QuantregRun, hardware: bool = True) -> list[str]:
     """Lines that make the run reproducible: model, data, sample, device, precisions, modules kept in
@@ -51,7 +53,8 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
     except QuantregError as exc:
         lines.append(f"quantreg: cannot load the model or data yet: {exc}")
     installed = library_versions()
-    versions = ", ".join(f"{name} {installed[name]}" for name in ("torch", "transformers", "bitsandbytes"))
+    shown = (*CORE, "torchao", "onnxruntime")  # the extras when installed
+    versions = ", ".join(f"{name} {installed[name]}" for name in shown if name in CORE or installed[name] != "not installed")
     lines.append(f"quantreg versions: {versions}")
     if hardware:
         lines.append(f"quantreg hardware: {run.hardware.describe()}")

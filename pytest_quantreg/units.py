@@ -99,9 +99,10 @@ def settings(kept_tokens: Sequence[str], kept_layers: Sequence[str]) -> dict[str
     }
 
 
-def onnx_nodes(layer: str) -> tuple[str, str]:
+def onnx_nodes(layer: str) -> tuple[str, str, str]:
     """The nodes ``torch.onnx.export`` (TorchScript exporter) names for Linear layer ``layer``: MatMul, or
-    Gemm for 2-D inputs (pooler, head): ``bert.encoder.layer.0.output.dense`` ->
+    Gemm for 2-D inputs (pooler, head), which ONNX Runtime's dynamic quantization first rewrites as a
+    MatMul named ``.../Gemm_MatMul``: ``bert.encoder.layer.0.output.dense`` ->
     ``/bert/encoder/layer.0/output/dense/MatMul``. ONNX Runtime ignores excluded names it does not find."""
     parts: list[str] = []
     for part in layer.split("."):
@@ -110,4 +111,4 @@ def onnx_nodes(layer: str) -> tuple[str, str]:
         else:
             parts.append(part)
     scope = "/" + "/".join(parts)
-    return f"{scope}/MatMul", f"{scope}/Gemm"
+    return f"{scope}/MatMul", f"{scope}/Gemm", f"{scope}/Gemm_MatMul"

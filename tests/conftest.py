@@ -103,15 +103,17 @@ def tiny_dataset(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def bitsandbytes_imported() -> None:
-    """Import bitsandbytes and torchao once for the whole session, before any pytester snapshot of sys.modules.
+    """Import the quantization libraries once for the whole session, before any pytester snapshot of sys.modules.
 
-    Both register torch operators on import and cannot be imported twice in a process; in-process
-    pytester runs drop the modules they imported, so they must be imported out here.
+    bitsandbytes and torchao register torch operators on import, and onnx and onnxruntime register
+    their protobuf and pybind11 types (a second registration aborts the process): none can be
+    imported twice in a process. In-process pytester runs drop the modules they imported, so they
+    must be imported out here.
     """
     from pytest_quantreg.models import LOAD_NOISE, quiet_loggers
 
-    for module in ("bitsandbytes", "torchao"):
-        if importlib.util.find_spec(module) is not None:
+    for module in ("bitsandbytes", "torchao", "onnx", "onnxruntime", "onnxruntime.quantization"):
+        if importlib.util.find_spec(module.partition(".")[0]) is not None:
             with quiet_loggers(*LOAD_NOISE):
                 importlib.import_module(module)
 

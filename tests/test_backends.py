@@ -27,6 +27,8 @@ needs_extras = pytest.mark.skipif(
     reason=f"the torchao and onnx extras are not installed: {EXTRAS}",
 )
 NEW = ("torchao-int8-dynamic", "torchao-int8-weight", "onnx-fp32", "onnx-int8-dynamic")
+# the tiny model is untrained: its margins are thin, and int8 flips 2 or 3 of its 60 predictions (conftest.py)
+TINY_GATES = ("--quantreg-max-drop=10", "--quantreg-max-flip-rate=10")
 
 
 def by_precision(path: Path) -> dict[str, dict]:
@@ -42,10 +44,13 @@ def weight_layers(path: Path) -> dict[str, dict[str, dict]]:
 def test_new_backends_end_to_end_on_the_tiny_model(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest(
-        f"--precision=fp32,int8-dynamic,{','.join(NEW)}", "--benchmark-json=bench.json", "--quantreg-weights-report=weights.json"
+        f"--precision=fp32,int8-dynamic,{','.join(NEW)}",
+        "--benchmark-json=bench.json",
+        "--quantreg-weights-report=weights.json",
+        *TINY_GATES,
     )
     result.assert_outcomes(passed=12)
-    result.stdout.fnmatch_lines(["*| TORCHAO-INT8-DYNAMIC |*| ONNX-FP32 |*| ONNX-INT8-DYNAMIC |*"])
+    result.stdout.fnmatch_lines(["*TORCHAO-INT8-DYNAMIC |*ONNX-FP32 |*ONNX-INT8-DYNAMIC |*"])
     bench = by_precision(quantreg_pytester.path / "bench.json")
     for name in NEW:
         info = bench[name]["extra_info"]
@@ -56,7 +61,7 @@ def test_new_backends_end_to_end_on_the_tiny_model(quantreg_pytester: pytest.Pyt
     assert bench["onnx-fp32"]["extra_info"]["flip_rate"] == 0
     assert bench["onnx-fp32"]["extra_info"]["kl_mean"] < 1e-6  # the export computes what FP32 computes
     fp32_mb = bench["fp32"]["extra_info"]["size_mb"]
-    assert bench["onnx-fp32"]["extra_info"]["size_mb"] == pytest.approx(fp32_mb, rel=0.05)  # the .onnx file
+    assert bench["onnx-fp32"]["extra_info"]["size_mb"] == pytest.approx(fp32_mb, rel=0.15)  # the .onnx file: weights and graph
     for name in ("torchao-int8-dynamic", "torchao-int8-weight", "onnx-int8-dynamic"):
         assert bench[name]["extra_info"]["size_mb"] < 0.8 * fp32_mb, name
 
@@ -85,6 +90,7 @@ def test_layers_kept_in_fp32_are_kept_by_torchao_and_onnx_runtime(quantreg_pytes
         "--precision=torchao-int8-dynamic,onnx-int8-dynamic",
         f"--quantreg-keep-fp32=head,{kept}",
         "--quantreg-weights-report=weights.json",
+        *TINY_GATES,
         "-k",
         "accuracy",
     )
@@ -94,7 +100,7 @@ def test_layers_kept_in_fp32_are_kept_by_torchao_and_onnx_runtime(quantreg_pytes
         assert layers[name][kept]["snr_db"] is None, name  # FP32 weights, exactly
         assert "kept in FP32" in layers[name][kept]["storage"], name
         assert layers[name]["bert.encoder.layer.0.output.dense"]["snr_db"] is not None, name  # its neighbour is quantized
-    result.stdout.fnmatch_lines([f"kept in FP32 * classifier, {kept} * classifier, {kept}*"])
+    assert any(line.startswith("kept in FP32") and line.count(f"{kept}, classifier") == 2 for line in result.stdout.lines)
 
 
 SWAPPED = textwrap.dedent(
@@ -139,9 +145,8 @@ def test_a_precision_of_a_missing_extra_skips_with_the_install_command_and_all_l
     result.stdout.fnmatch_lines(["*test_accuracy?torchao-int8-weight?*"])
     skipped = quantreg_pytester.runpytest("--precision=torchao-int8-weight", "-rs")
     skipped.assert_outcomes(skipped=2)
-    skipped.stdout.fnmatch_lines(
-        ["*torchao-int8-weight needs the 'torchao_not_installed_here' package*pip install 'pytest-quantreg[torchao]'*"]
-    )
+    expected = "needs the 'torchao_not_installed_here' package, which is not installed (`pip install 'pytest-quantreg[torchao]'`)"
+    assert expected in skipped.stdout.str()
     everything = quantreg_pytester.runpytest("--precision=all", "--co", "-q").stdout.str()
     assert "torchao-int8-weight" not in everything
     assert "test_accuracy[fp32]" in everything

@@ -78,6 +78,7 @@ def test_settings_and_changes_are_written_for_each_backend() -> None:
     assert onnx_nodes("bert.encoder.layer.0.output.dense") == (
         "/bert/encoder/layer.0/output/dense/MatMul",
         "/bert/encoder/layer.0/output/dense/Gemm",
+        "/bert/encoder/layer.0/output/dense/Gemm_MatMul",
     )
     assert set_change(["a", "b"], ["a", "b"]) is None
     assert set_change(["a"], ["a", "c"]) == "grew from 1 to 2 units; new: c"

@@ -45,6 +45,16 @@ class Logits:
     logits: torch.Tensor
 
 
+@dataclass(frozen=True)
+class StoredWeight:
+    """Where a Linear layer's weight is in an ONNX file: its initializer (``_quantized``, ``_scale`` and
+    ``_zero_point`` beside it when quantized), and whether it is stored ``[in, out]`` as MatMul takes it."""
+
+    initializer: str
+    in_out: bool
+    quantized: bool
+
+
 @dataclass
 class OnnxClassifier:
     """An ONNX Runtime session that classifies tokenized samples: called like a transformers model."""
@@ -53,8 +63,7 @@ class OnnxClassifier:
     session: Any
     inputs: tuple[str, ...]  # the session's input names, fed from the encoding's tensors of the same names
     device: torch.device
-    kept: tuple[str, ...] = ()  # Linear layers excluded from quantization
-    weights: dict[str, tuple[str, bool]] = field(default_factory=dict)  # Linear layer -> (its weight initializer, stored [in, out])
+    weights: dict[str, StoredWeight] = field(default_factory=dict)  # Linear layer -> its weight in the file
 
     def __call__(self, **encoding: torch.Tensor) -> Logits:
         import torch
@@ -68,29 +77,31 @@ class OnnxClassifier:
         return self.path.stat().st_size / MB
 
     def kept_in_fp32(self, names: Sequence[str]) -> tuple[str, ...]:
-        return tuple(name for name in names if name in self.kept)
+        """Which of ``names`` the file holds in FP32 (read from the file, not from what was asked)."""
+        return tuple(name for name in names if name in self.weights and not self.weights[name].quantized)
 
     def dequantized_weights(self) -> Iterator[tuple[str, torch.Tensor, str]]:
         """Every Linear layer's weight as float32 ``[out, in]``: int8 initializers dequantized with their
-        scales and zero points, FP32 ones as they are (the weight report's rows)."""
+        per-channel scales and zero points, FP32 ones as they are (the weight report's rows)."""
         import onnx
         import torch
         from onnx import numpy_helper
 
         stored = {item.name: item for item in onnx.load(str(self.path)).graph.initializer}
-        for layer, (name, in_out) in self.weights.items():
-            if f"{name}_quantized" in stored:
+        for layer, where in self.weights.items():
+            name = where.initializer
+            if where.quantized:
                 codes = numpy_helper.to_array(stored[f"{name}_quantized"]).astype("float64")
                 scale = numpy_helper.to_array(stored[f"{name}_scale"]).astype("float64")
                 zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype("float64")
-                scheme = "per-channel" if scale.size > 1 else "per-tensor"
-                weight, storage = (codes - zero) * scale, f"onnxruntime int8 {scheme}"
-            elif name in stored:
-                weight, storage = numpy_helper.to_array(stored[name]).astype("float64"), "onnx float32"
+                if scale.size > 1 and not where.in_out:  # one scale per output channel: rows of an [out, in] weight
+                    scale, zero = scale[:, None], zero[:, None]
+                weight = (codes - zero) * scale
+                storage = f"onnxruntime int8 {'per-channel' if scale.size > 1 else 'per-tensor'}"
             else:
-                continue
+                weight, storage = numpy_helper.to_array(stored[name]).astype("float64"), "onnx float32"
             tensor = torch.from_numpy(weight).float()
-            yield layer, (tensor.T if in_out else tensor).contiguous(), storage
+            yield layer, (tensor.T if where.in_out else tensor).contiguous(), storage
 
 
 def input_order(model: torch.nn.Module, names: Sequence[str]) -> tuple[str, ...]:
@@ -101,7 +112,7 @@ def input_order(model: torch.nn.Module, names: Sequence[str]) -> tuple[str, ...]
     return tuple(sorted(names, key=lambda name: parameters.index(name) if name in parameters else len(parameters)))
 
 
-def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path, dict[str, tuple[str, bool]]]:
+def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path, dict[str, StoredWeight]]:
     """The FP32 export of ``ctx``'s model (cached), and where each Linear layer's weight is in it.
 
     ``order`` names the graph's inputs; by default the model's own order (:func:`input_order`)."""
@@ -134,8 +145,8 @@ def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Se
         )
 
 
-def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, tuple[str, bool]]:
-    """Linear layer -> (the initializer holding its weight, whether stored ``[in, out]`` as MatMul's is)."""
+def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, StoredWeight]:
+    """Linear layer -> its weight in the FP32 export: the MatMul's (``[in, out]``) or Gemm's input B."""
     import onnx
 
     from pytest_quantreg.keep import linear_layers
@@ -149,7 +160,27 @@ def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, tuple[
             node = nodes.get(name)
             if node is not None and len(node.input) > 1:
                 trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-                found[layer] = (node.input[1], node.op_type == "MatMul" or not trans_b)
+                found[layer] = StoredWeight(node.input[1], node.op_type == "MatMul" or not trans_b, quantized=False)
+    return found
+
+
+def stored_weights(path: Path, fp32: dict[str, StoredWeight]) -> dict[str, StoredWeight]:
+    """Where each layer's weight went in a file quantized from the export: ``W_quantized``, or
+    ``W_Transposed_quantized`` for a Gemm that ONNX Runtime rewrote as a MatMul; ``W`` (or ``W_Transposed``)
+    when it was left in FP32."""
+    import onnx
+
+    names = {item.name for item in onnx.load(str(path), load_external_data=False).graph.initializer}
+    found = {}
+    for layer, where in fp32.items():
+        if f"{where.initializer}_quantized" in names:
+            found[layer] = StoredWeight(where.initializer, where.in_out, quantized=True)
+        elif f"{where.initializer}_Transposed_quantized" in names:
+            found[layer] = StoredWeight(f"{where.initializer}_Transposed", in_out=True, quantized=True)
+        elif f"{where.initializer}_Transposed" in names:  # a Gemm rewritten as a MatMul and left in FP32
+            found[layer] = StoredWeight(f"{where.initializer}_Transposed", in_out=True, quantized=False)
+        elif where.initializer in names:
+            found[layer] = where
     return found
 
 
@@ -204,8 +235,7 @@ def classifier(ctx: BuildContext, int8: bool, order: Sequence[str] | None = None
     path = quantize(fp32, ctx) if int8 else fp32
     run = session(path, ctx.device)
     names = tuple(item.name for item in run.get_inputs())
-    kept = tuple(layer for layer in weights if ctx.keeps(layer)) if int8 else tuple(weights)
-    return OnnxClassifier(path, run, names, torch.device(ctx.device), kept, weights)
+    return OnnxClassifier(path, run, names, torch.device(ctx.device), stored_weights(path, weights) if int8 else weights)
 
 
 def _builder(int8: bool) -> Builder:
