@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
@@ -135,7 +135,7 @@ def _size_chart(directory: Path, measurements: dict[str, Measurement]) -> Path:
     axes.bar_label(bars, fmt="%.2f")
     axes.set_ylabel("model size (MB, state dict)")
     axes.set_title("Model size by precision")
-    axes.tick_params(axis="x", labelrotation=20)
+    _name_ticks(axes)
     return _save(figure, directory / "size.png")
 
 
@@ -161,11 +161,13 @@ def _tradeoff_chart(
             textcoords="offset points",
         )
     axes.set_xscale("log")
+    _plain_log_ticks(axes.xaxis)
     axes.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
     axes.set_xlabel("latency ratio to FP32, paired, same run (log; < 1 is faster)")
     axes.set_ylabel("flip rate vs FP32 (% of samples)")
     axes.set_title("Trade-off: predictions kept against speed (marker area = model size)")
-    axes.margins(x=0.15, y=0.2)
+    axes.margins(x=0.15, y=0.25)
+    axes.set_ylim(bottom=-0.1 * max(1.0, axes.get_ylim()[1]))
     return _save(figure, directory / "tradeoff.png")
 
 
@@ -173,7 +175,7 @@ def _drop_chart(directory: Path, paired: dict[str, Agreement], metric: Metric) -
     """The paired drop of the gated metric with its 95% interval, per precision."""
     if not paired:
         return None
-    figure, axes = _figure()
+    figure, axes = _figure(max(7.0, 0.65 * len(paired)))
     names = list(paired)
     drops = [stats.metric_drop_pp for stats in paired.values()]
     low = [d - stats.metric_drop_ci95[0] for d, stats in zip(drops, paired.values(), strict=True)]
@@ -185,7 +187,7 @@ def _drop_chart(directory: Path, paired: dict[str, Agreement], metric: Metric) -
     n = next(iter(paired.values())).n
     axes.set_ylabel(f"{metric.name} drop vs FP32 (points)")
     axes.set_title(f"Paired {metric.name} drop with its 95% interval (what the gate judges), n = {n}")
-    axes.tick_params(axis="x", labelrotation=20)
+    _name_ticks(axes)
     return _save(figure, directory / "drop.png")
 
 
@@ -193,13 +195,29 @@ def _latency_chart(directory: Path, measurements: dict[str, Measurement]) -> Pat
     timed = {name: [s * 1000 for s in m.latencies_s] for name, m in measurements.items() if m.latencies_s}
     if not timed:
         return None  # an untimed run (--benchmark-disable)
-    figure, axes = _figure(8.0, 4.5)
+    figure, axes = _figure(max(8.0, 0.65 * len(timed)), 4.5)
     axes.boxplot(list(timed.values()), tick_labels=list(timed), showfliers=True, flierprops={"markersize": 2})
     axes.set_yscale("log")  # one slow outlier would otherwise flatten every box
+    _plain_log_ticks(axes.yaxis)
     axes.set_ylabel("latency per sample (ms, batch size 1, log)")
     axes.set_title("Latency distribution by precision (same run)")
-    axes.tick_params(axis="x", labelrotation=20)
+    _name_ticks(axes)
     return _save(figure, directory / "latency.png")
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """A log axis labelled 0.2, 0.5, 1, 2, 5, 10 rather than in powers of ten."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:g}".lstrip("0.")[:1] in ("2", "5") else ""))
+
+
+def _name_ticks(axes: Axes) -> None:
+    """Precision names under the x axis, slanted and right-aligned so that long names do not overlap."""
+    axes.tick_params(axis="x", labelrotation=30)
+    for label in axes.get_xticklabels():
+        label.set_horizontalalignment("right")
 
 
 def _save(figure: Figure, path: Path) -> Path:

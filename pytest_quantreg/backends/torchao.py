@@ -74,7 +74,9 @@ def precisions() -> list[Precision]:
     with torch's kernels capped at AVX2 or the default (benchmarks/RESULTS.md, section 8). A
     slowdown is caught by the ratio recorded for the hardware class (``max_latency_increase``).
     """
-    common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND, "compilable": True}
+    # eager torchao's speed differs from one process to the next (the paired ratio of int8 dynamic ranged
+    # 1.49-1.96 over five runs on one machine, int8 weight-only 1.07-1.38): its recorded-ratio gate allows 40%
+    common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND, "compilable": True, "max_latency_increase": 40.0}
     int8_dynamic = Precision(
         "torchao-int8-dynamic",
         _quantized(_int8_dynamic),
@@ -87,7 +89,7 @@ def precisions() -> list[Precision]:
     )
     return [
         int8_dynamic,
-        dataclasses.replace(compiled(int8_dynamic), max_latency_ratio={"cpu": 4.0, "cuda": 2.0}),
+        dataclasses.replace(compiled(int8_dynamic), max_latency_ratio={"cpu": 4.0, "cuda": 2.0}, max_latency_increase=10.0),
         Precision(
             "torchao-int8-weight",
             _quantized(_int8_weight),
