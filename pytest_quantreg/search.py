@@ -134,9 +134,8 @@ def outcome(label: str, rows: np.ndarray, indices: Sequence[int], inputs: Inputs
 
 
 def with_snr(sensitivity: Sensitivity, subject: Subject, fp32_weights: Mapping[str, torch.Tensor]) -> Sensitivity:
-    """The sensitivity with each unit's worst weight SNR (the weight report's), read side by side with its effect."""
-    if not isinstance(subject.model, torch.nn.Module):
-        return sensitivity
+    """The sensitivity with each unit's worst weight SNR (the weight report's, for torch modules and ONNX files
+    alike), read side by side with its effect."""
     report = weight_report(subject.label, dict(fp32_weights), subject.model, subject.kept)
     snr = {layer.name: layer.snr_db for layer in report.layers}
     effects = tuple(

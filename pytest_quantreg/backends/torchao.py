@@ -75,7 +75,7 @@ def precisions() -> list[Precision]:
     slowdown is caught by the ratio recorded for the hardware class (``max_latency_increase``).
     """
     # eager torchao's speed differs from one process to the next (the paired ratio of int8 dynamic ranged
-    # 1.49-1.96 over five runs on one machine, int8 weight-only 1.07-1.38): its recorded-ratio gate allows 40%
+    # 1.49-1.96 over five runs on one machine, int8 weight-only 1.06-1.38): its recorded-ratio gate allows 40%
     common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND, "compilable": True, "max_latency_increase": 40.0}
     int8_dynamic = Precision(
         "torchao-int8-dynamic",
