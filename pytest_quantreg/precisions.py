@@ -4,8 +4,8 @@ A precision turns a model folder into something that maps a tokenized sample to 
 device and knows its size: a torch module, or an object such as an ONNX Runtime session (see
 :func:`pytest_quantreg.models.device_of`). The built-ins live in :mod:`pytest_quantreg.backends`,
 one module per quantization backend; users add their own through the ``pytest_quantreg_precisions``
-hook (see :mod:`pytest_quantreg.hooks`). Any precision whose build gives a torch module runs
-under ``torch.compile`` as ``NAME+compile``.
+hook (see :mod:`pytest_quantreg.hooks`). A precision marked ``compilable`` (its build gives a torch
+module) also runs under ``torch.compile`` as ``NAME+compile``.
 """
 
 from __future__ import annotations
