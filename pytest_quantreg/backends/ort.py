@@ -13,6 +13,7 @@ quantization by their MatMul / Gemm node names (``nodes_to_exclude``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -116,15 +117,16 @@ def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path,
     """The FP32 export of ``ctx``'s model (cached), and where each Linear layer's weight is in it.
 
     ``order`` names the graph's inputs; by default the model's own order (:func:`input_order`)."""
+    from pytest_quantreg.keep import meta_model
     from pytest_quantreg.models import load_tokenizer
 
     tokenizer = load_tokenizer(ctx.model_dir, ctx.trust_remote_code)
     encoding = dict(tokenizer("pytest-quantreg exports this", return_tensors="pt"))
-    model = ctx.load().to("cpu")
-    names = tuple(order) if order is not None else input_order(model, list(encoding))
+    structure = meta_model(ctx.model_dir, ctx.trust_remote_code)  # names and signature: the weights load only to export
+    names = tuple(order) if order is not None else input_order(structure, list(encoding))
     key = _key({"weights": _weights_digest(ctx.model_dir), "inputs": names, "opset": OPSET, "exporter": EXPORTER})
-    path = _cached(key, "fp32", lambda out: _export(model, encoding, names, out))
-    return path, _weight_initializers(path, model)
+    path = _cached(key, "fp32", lambda out: _export(ctx.load().to("cpu"), encoding, names, out))
+    return path, _weight_initializers(path, structure)
 
 
 def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Sequence[str], out: Path) -> None:
@@ -268,9 +270,16 @@ def _version(name: str) -> str:
 
 
 def _weights_digest(model_dir: Path) -> str:
+    """The digest of the folder's weights, read once per process for the same files (the fallback search rebuilds often)."""
+    files = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(model_dir.glob("*.safetensors")))
+    return _digest(files)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(files: tuple[tuple[str, int, int], ...]) -> str:
     from pytest_quantreg.fileio import file_sha256
 
-    return hashlib.sha256("".join(file_sha256(f) for f in sorted(model_dir.glob("*.safetensors"))).encode()).hexdigest()
+    return hashlib.sha256("".join(file_sha256(Path(name)) for name, _, _ in files).encode()).hexdigest()
 
 
 def _cached(key: str, kind: str, write: Any) -> Path:
