@@ -81,18 +81,22 @@ class Precision:
     unsupported: Callable[[str], str | None] | None = None  # why it cannot run on a device type here, beyond devices/requires
     compilable: bool = False  # its build gives a torch module that torch.compile can run: NAME+compile is offered
 
+    def missing(self) -> str | None:
+        """The first package it needs that is not installed, or None."""
+        return next((module for module in self.requires if importlib.util.find_spec(module) is None), None)
+
     def installed(self) -> bool:
         """Whether the packages it needs are installed (``all`` leaves out precisions of missing extras)."""
-        return all(importlib.util.find_spec(module) is not None for module in self.requires)
+        return self.missing() is None
 
     def unavailable_reason(self, device_type: str) -> str | None:
         """Why this precision cannot run on ``device_type`` here, or None when it can."""
         if device_type not in self.devices:
             return f"{self.name} does not run on {device_type} (runs on: {', '.join(sorted(self.devices))})"
-        for module in self.requires:
-            if importlib.util.find_spec(module) is None:
-                command = f"pip install 'pytest-quantreg[{self.extra}]'" if self.extra else f"pip install {module}"
-                return f"{self.name} needs the '{module}' package, which is not installed (`{command}`)"
+        module = self.missing()
+        if module is not None:
+            command = f"pip install 'pytest-quantreg[{self.extra}]'" if self.extra else f"pip install {module}"
+            return f"{self.name} needs the '{module}' package, which is not installed (`{command}`)"
         return self.unsupported(device_type) if self.unsupported is not None else None
 
     def import_problem(self) -> str | None:

@@ -17,6 +17,8 @@ import csv
 import importlib
 import importlib.util
 import random
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,12 @@ def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, ti
 
 
 EXAMPLE_TESTS = (Path(__file__).parent / "test_quantization.py").read_text(encoding="utf-8")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_example(*args: str) -> subprocess.CompletedProcess[str]:
+    """The example's regression suite (tests/test_quantization.py) in a child process, from the repository root."""
+    command = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "-p", "no:cacheprovider", *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)

@@ -11,19 +11,17 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from test_plugin import record_baseline
 
+from conftest import run_example
 from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.evaluation import Inputs, warmup_indices
 from pytest_quantreg.hardware import int8_reduce_range
 
-REPO = Path(__file__).resolve().parents[1]
 EXTRAS = "pip install 'pytest-quantreg[torchao,onnx]'"
 needs_extras = pytest.mark.skipif(
     importlib.util.find_spec("torchao") is None or importlib.util.find_spec("onnxruntime") is None,
@@ -202,22 +200,8 @@ def test_a_compiled_precision_compiles_in_the_warmup_and_never_in_a_timed_round(
 @needs_extras
 def test_on_the_example_torchao_and_onnx_runtime_report_statistics_weights_and_json(tmp_path: Path) -> None:
     names = "fp32,torchao-int8-dynamic,onnx-int8-dynamic"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "tests/test_quantization.py",
-            "-p",
-            "no:cacheprovider",
-            f"--precision={names}",
-            f"--benchmark-json={tmp_path / 'bench.json'}",
-            f"--quantreg-weights-report={tmp_path / 'weights.json'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    run = run_example(
+        f"--precision={names}", f"--benchmark-json={tmp_path / 'bench.json'}", f"--quantreg-weights-report={tmp_path / 'weights.json'}"
     )
     assert run.returncode == 0, run.stdout[-4000:]
     assert "6 passed" in run.stdout

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
-from test_portability import REPO
 
+from conftest import run_example
 from pytest_quantreg.backends import builtin_registry
 from pytest_quantreg.evaluation import tokenize
 from pytest_quantreg.models import known_noise_filtered, load_tokenizer
@@ -326,15 +326,9 @@ def test_a_search_without_a_baseline_says_how_to_record_one(quantreg_pytester: p
 
 def test_on_the_example_the_set_found_makes_int8_dynamic_pass_in_a_fresh_run(tmp_path: Path) -> None:
     gate = "--quantreg-max-flip-rate=int8-dynamic=5"  # int8-dynamic flips 10.3% of the example's predictions
-    base = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "-p", "no:cacheprovider", "--precision=fp32,int8-dynamic", gate]
+    base = ("--precision=fp32,int8-dynamic", gate)
     report = tmp_path / "fallback.json"
-    searched = subprocess.run(
-        [*base, "--quantreg-fallback=report", f"--quantreg-fallback-report={report}", "-k", "accuracy"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    searched = run_example(*base, "--quantreg-fallback=report", f"--quantreg-fallback-report={report}", "-k", "accuracy")
     assert searched.returncode == 1, searched.stdout[-4000:]
     assert "QUANTREG FALLBACK" in searched.stdout
     assert "1 failed, 1 passed" in searched.stdout
@@ -344,6 +338,6 @@ def test_on_the_example_the_set_found_makes_int8_dynamic_pass_in_a_fresh_run(tmp
     assert 0 < len(found["units"]) <= 3
     assert found["set_share"] < 0.2
     option = found["settings"]["pytest-quantreg"]
-    fresh = subprocess.run([*base, option], cwd=REPO, capture_output=True, text=True, timeout=900)
+    fresh = run_example(*base, option)
     assert fresh.returncode == 0, fresh.stdout[-4000:]
     assert "4 passed" in fresh.stdout
