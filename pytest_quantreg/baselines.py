@@ -28,6 +28,10 @@ SCHEMA_VERSION = 1
 UPDATE_FLAG = "--quantreg-update-baselines"
 _SLUG = re.compile(r"[^a-z0-9._-]+")
 
+# How paired latency ratios are timed; a record made another way is not compared with (re-record it).
+# "settled-warm-1": each side after the process went quiet and two untimed forwards, disturbed pairs re-timed.
+TIMING_PROTOCOL = "settled-warm-1"
+
 
 @dataclass(frozen=True)
 class Provenance:
@@ -72,9 +76,10 @@ class Baseline:
         return tuple(entry["units"]) if entry is not None else None
 
     def latency_ratio(self, hardware_class: str, name: str) -> LatencyRatio | None:
-        """The paired latency ratio recorded for precision ``name`` on ``hardware_class``, or None."""
+        """The paired latency ratio recorded for precision ``name`` on ``hardware_class`` with this
+        version's timing protocol, or None (a ratio paired the older way is not comparable)."""
         entry = self.latency_records.get(hardware_class, {}).get("ratios", {}).get(name)
-        if entry is None:
+        if entry is None or entry.get("timing") != TIMING_PROTOCOL:
             return None
         low, high = entry["ci95"]
         return LatencyRatio(float(entry["ratio"]), (float(low), float(high)), int(entry["pairs"]))
@@ -213,7 +218,7 @@ def write_latency(path: Path, hardware: Hardware, ratios: dict[str, LatencyRatio
         recorded=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         ratios={
             **dict(entry.get("ratios") or {}),
-            **{name: {"ratio": r.ratio, "ci95": list(r.ci95), "pairs": r.n} for name, r in ratios.items()},
+            **{name: {"ratio": r.ratio, "ci95": list(r.ci95), "pairs": r.n, "timing": TIMING_PROTOCOL} for name, r in ratios.items()},
         },
     )
     records[hardware.hardware_class] = entry
@@ -260,7 +265,12 @@ def _latency_record(entry: dict[str, Any]) -> dict[str, Any]:
     ratios = {}
     for name, value in dict(entry["ratios"]).items():
         low, high = value["ci95"]
-        ratios[str(name)] = {"ratio": _number(value["ratio"]), "ci95": [_number(low), _number(high)], "pairs": int(value["pairs"])}
+        ratios[str(name)] = {
+            "ratio": _number(value["ratio"]),
+            "ci95": [_number(low), _number(high)],
+            "pairs": int(value["pairs"]),
+            "timing": str(value.get("timing", "")),
+        }
     return {**entry, "ratios": ratios}
 
 

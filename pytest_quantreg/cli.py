@@ -43,7 +43,12 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
         description="Match quantreg benchmarks of two runs by model, data set, precision and device; "
         "exit 0 when nothing regressed, 1 on a regression, 2 on bad input.",
     )
-    compare.add_argument("base", metavar="BASE", help="the run to compare against: a JSON file, or a saved run's id such as 0001")
+    compare.add_argument(
+        "base",
+        metavar="BASE",
+        help="the run to compare against: a JSON file, or a saved run's id such as 0001; "
+        "several runs of the same commit (rounds) separated by commas",
+    )
     compare.add_argument("head", metavar="HEAD", help="the run under test, in the same forms")
     compare.add_argument(
         "--fail-on",
@@ -62,7 +67,7 @@ def _compare(args: argparse.Namespace) -> int:
     from pytest_quantreg import compare
 
     thresholds = compare.parse_fail_on(args.fail_on)
-    result = compare.compare_runs(compare.load_run(args.base, args.storage), compare.load_run(args.head, args.storage), thresholds)
+    result = compare.compare_runs(compare.load_rounds(args.base, args.storage), compare.load_rounds(args.head, args.storage), thresholds)
     render = compare.render_markdown if args.markdown else compare.render_json if args.json else compare.render_text
     print(render(result))
     return 1 if result.regressions else 0

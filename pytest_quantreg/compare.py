@@ -5,13 +5,20 @@ ratio to the same run's FP32, and only when both runs come from the same hardwar
 GPU model, torch's CPU capability, instruction set, threads): a quantized kernel's speed-up over
 FP32 differs twofold between CPU generations. Absolute medians are judged only when both runs come
 from the same machine. Exit status: 0 nothing regressed, 1 a regression, 2 bad input.
+
+Latency is judged with intervals, not point estimates: each paired sample's ratio in HEAD over the
+same sample's in BASE, and the 95% interval of their median must lie wholly above 1 + the limit.
+BASE and HEAD may each be several runs (rounds, alternated by ``scripts/compare-commits.sh
+--rounds``): a sample's ratio is then its median over the rounds, and when the rounds of one side
+differ from each other by more than the limit, or a run was timed on a busy machine, latency is
+shown and not judged.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,19 @@ METRICS = {
     "latency": "growth of the latency ratio to FP32 (FP32 itself: of its median, same machine only), as a fraction or percent",
 }
 DEFAULT_FAIL_ON = {"accuracy-drop": 0.5}
+MIN_COMMON_SAMPLES = 6  # the fewest paired samples whose median has a distribution-free 95% interval
 
 Key = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class LatencyRound:
+    """One run's paired latency of a precision: its ratio to FP32, each paired sample's ratio, and
+    whether the machine was too busy for it to be judged."""
+
+    ratio: float | None
+    sample_ratios: dict[str, float]
+    disturbed: bool
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,7 @@ class Entry:
     median_ms: float | None
     hardware_class: str | None = None
     fallback_units: tuple[str, ...] | None = None  # the fallback search's set, when one ran
+    rounds: tuple[LatencyRound, ...] = ()  # each run's paired latency (several when the side has rounds)
 
     @property
     def key(self) -> Key:
@@ -62,6 +81,7 @@ class Run:
     machine: str
     commit: str | None
     entries: dict[Key, Entry]
+    count: int = 1  # how many runs (rounds) were merged into this one
 
 
 @dataclass
@@ -101,6 +121,27 @@ def parse_fail_on(values: list[str]) -> dict[str, float]:
             raise QuantregError(f"--fail-on {value!r}: {number!r} is not a non-negative number")
         thresholds[name] = threshold
     return thresholds
+
+
+def load_rounds(spec: str, storage: Path) -> Run:
+    """One side of a comparison: a run, or several runs of the same commit separated by commas (its
+    rounds), merged so that each benchmark holds every round's latency."""
+    runs = [load_run(part.strip(), storage) for part in spec.split(",") if part.strip()]
+    if not runs:
+        raise QuantregError(f"{spec!r} names no run; give a JSON file, a saved run's id, or several separated by commas")
+    if len(runs) == 1:
+        return runs[0]
+    import statistics
+
+    first = runs[0]
+    entries = {}
+    for key, entry in first.entries.items():
+        each = [run.entries[key] for run in runs if key in run.entries]
+        rounds = tuple(r for e in each for r in e.rounds)
+        medians = [e.median_ms for e in each if e.median_ms is not None]
+        median_ms = statistics.median(medians) if medians else None
+        entries[key] = replace(entry, rounds=rounds, latency_ratio=_median_ratio(rounds), median_ms=median_ms)
+    return Run(first.path, first.machine, first.commit, entries, len(runs))
 
 
 def load_run(spec: str, storage: Path) -> Run:
@@ -147,6 +188,12 @@ def _entry(bench: Any) -> Entry | None:
         return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     median = number(stats.get("median"))
+    samples = info.get("latency_sample_ratios")
+    latency = LatencyRound(
+        number(info.get("latency_ratio")),
+        {str(k): float(v) for k, v in samples.items() if number(v)} if isinstance(samples, dict) else {},
+        bool(info.get("latency_disturbed")),
+    )
     return Entry(
         model=str(info.get("model", "?")),
         dataset=str(info.get("dataset_sha256", "?")),
@@ -162,6 +209,7 @@ def _entry(bench: Any) -> Entry | None:
         median_ms=median * 1000 if median is not None else None,
         hardware_class=str(info["hardware_class"]) if info.get("hardware_class") else None,
         fallback_units=tuple(map(str, info["fallback_units"])) if isinstance(info.get("fallback_units"), list) else None,
+        rounds=(latency,),
     )
 
 
@@ -190,7 +238,7 @@ def compare_runs(base: Run, head: Run, thresholds: dict[str, float]) -> Comparis
         if not same_hardware:
             base_class, head_class = row.base.hardware_class or "not recorded", row.head.hardware_class or "not recorded"
             notes.append(f"different hardware classes (BASE {base_class}, HEAD {head_class}): latency is shown, not judged")
-        row.regressions = _judge(row.base, row.head, thresholds, same_machine, same_hardware)
+        row.regressions = _judge(row.base, row.head, thresholds, same_machine, same_hardware, notes)
         fallback = _fallback_change(row.base.fallback_units, row.head.fallback_units)
         if fallback:
             notes.append(f"{row.key[2]}: its fallback set (units kept in FP32 to pass) {fallback}")
@@ -207,7 +255,7 @@ def _fallback_change(base: tuple[str, ...] | None, head: tuple[str, ...] | None)
     return set_change(base, head)
 
 
-def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool, same_hardware: bool) -> list[str]:
+def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool, same_hardware: bool, notes: list[str]) -> list[str]:
     found = []
     limit = thresholds.get("accuracy-drop")
     if limit is not None and base.accuracy is not None and head.accuracy is not None:
@@ -229,13 +277,72 @@ def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine:
         found.append(f"size {base.size_mb:.2f} -> {head.size_mb:.2f} MB (+{head.size_mb / base.size_mb - 1:.1%} > {limit:.1%})")
     limit = thresholds.get("latency")
     if limit is not None and same_hardware:
-        pair = (base.latency_ratio, head.latency_ratio, "latency ratio to FP32")
         if base.precision == "fp32":
-            pair = (base.median_ms, head.median_ms, "median latency (ms)") if same_machine else (None, None, "")
-        before, after, what = pair
-        if before and after is not None and after / before - 1 > limit + 1e-9:
-            found.append(f"{what} {before:.3f} -> {after:.3f} (+{after / before - 1:.1%} > {limit:.1%})")
+            before, after = (base.median_ms, head.median_ms) if same_machine else (None, None)
+            if before and after is not None and after / before - 1 > limit + 1e-9:
+                found.append(f"median latency (ms) {before:.3f} -> {after:.3f} (+{after / before - 1:.1%} > {limit:.1%})")
+        else:
+            found.extend(_latency_regression(base, head, limit, notes))
     return found
+
+
+def _latency_regression(base: Entry, head: Entry, limit: float, notes: list[str]) -> list[str]:
+    """The latency ratio's regression from BASE to HEAD, judged on the interval of the per-sample
+    change; none (and a note) when a run was disturbed or the rounds of a side disagree."""
+    name = base.precision
+    busy = [side for side, entry in (("BASE", base), ("HEAD", head)) if any(r.disturbed for r in entry.rounds)]
+    if busy:
+        notes.append(f"{name}: the machine was busy while {' and '.join(busy)} timed it: latency is shown, not judged")
+        return []
+    for side, entry in (("BASE", base), ("HEAD", head)):
+        ratios = [r.ratio for r in entry.rounds if r.ratio]
+        if len(ratios) > 1 and max(ratios) / min(ratios) - 1 > limit + 1e-9:
+            notes.append(
+                f"{name}: its latency ratio moved {max(ratios) / min(ratios) - 1:.1%} between the rounds of {side} "
+                f"({', '.join(f'{r:.3f}' for r in ratios)}), more than the {limit:.1%} judged: latency is shown, not judged"
+            )
+            return []
+    change = latency_change(base.rounds, head.rounds)
+    if change is None:
+        return []
+    point, (low, high) = change
+    if low - 1 > limit + 1e-9:
+        before, after = _median_ratio(base.rounds), _median_ratio(head.rounds)
+        return [
+            f"latency ratio to FP32 {before:.3f} -> {after:.3f} (+{point - 1:.1%}, 95% CI [{low - 1:+.1%}, {high - 1:+.1%}] > {limit:.1%})"
+        ]
+    if point - 1 > limit + 1e-9:
+        notes.append(
+            f"{name}: latency ratio +{point - 1:.1%} but its 95% interval [{low - 1:+.1%}, {high - 1:+.1%}] "
+            f"reaches {limit:.1%}: not a regression beyond noise"
+        )
+    return []
+
+
+def latency_change(base: tuple[LatencyRound, ...], head: tuple[LatencyRound, ...]) -> tuple[float, tuple[float, float]] | None:
+    """HEAD's latency ratio over BASE's: the median over the paired samples of each sample's ratio in
+    HEAD over its ratio in BASE (each a median over the rounds), with a distribution-free 95% interval;
+    from the runs' ratios alone (a point, no interval) when they carry no per-sample ratios."""
+    import statistics
+
+    from pytest_quantreg.stats import median_ci_ranks
+
+    common = set.intersection(*(set(r.sample_ratios) for r in (*base, *head))) if base and head else set()
+    if len(common) < MIN_COMMON_SAMPLES:
+        before, after = _median_ratio(base), _median_ratio(head)
+        return (after / before, (after / before, after / before)) if before and after else None
+    changes = sorted(
+        statistics.median(r.sample_ratios[s] for r in head) / statistics.median(r.sample_ratios[s] for r in base) for s in common
+    )
+    low, high = median_ci_ranks(len(changes))
+    return statistics.median(changes), (changes[low], changes[high])
+
+
+def _median_ratio(rounds: tuple[LatencyRound, ...]) -> float | None:
+    import statistics
+
+    ratios = [r.ratio for r in rounds if r.ratio]
+    return statistics.median(ratios) if ratios else None
 
 
 def _describe(run: Run) -> str:
@@ -292,11 +399,15 @@ def _pair(base: Entry | None, head: Entry | None, attr: str, scale: float, fmt: 
 def render_text(comparison: Comparison) -> str:
     rows = [HEADERS, *table_rows(comparison)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
-    lines = [f"BASE {comparison.base.path}  HEAD {comparison.head.path}"]
+    lines = [f"BASE {_name(comparison.base)}  HEAD {_name(comparison.head)}"]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines += [f"note: {n}" for n in comparison.notes]
     lines += [f"REGRESSION {r}" for r in comparison.regressions] or ["no regression"]
     return "\n".join(lines)
+
+
+def _name(run: Run) -> str:
+    return f"{run.path}" + (f" (+{run.count - 1} more rounds)" if run.count > 1 else "")
 
 
 def render_markdown(comparison: Comparison) -> str:

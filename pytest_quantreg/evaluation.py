@@ -6,10 +6,13 @@ protocol. Timing comes from pytest-benchmark (``benchmark.pedantic``, one round 
 a test asks for it, from a ``perf_counter`` loop with the same protocol otherwise, and is absent
 when timing is disabled (``--benchmark-disable``): accuracy never depends on timing.
 
-A timed pass given a ``partner`` (FP32) also times the partner on a spread of samples, each just
-before this precision's timed forward on the same sample. The latency ratio is taken over these
-back-to-back pairs, so a machine that speeds up or slows down during the run moves both sides of
-each pair alike and the ratio stays put.
+A timed pass given a ``partner`` (FP32) also times a pair on a spread of samples, between its
+rounds: FP32, then this precision, on the same sample, each after the process has gone quiet
+(no runtime's threads left spinning) and each read for the time it waited for a CPU
+(:mod:`pytest_quantreg.timing`). The latency ratio is taken over these back-to-back pairs, so a
+machine that speeds up or slows down during the run moves both sides of each pair alike and the
+ratio stays put; a pair that another process disturbed is timed again, and left out if it stays
+disturbed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_quantreg import timing
 from pytest_quantreg.data import Sample
 
 if TYPE_CHECKING:
@@ -86,7 +90,13 @@ class Measurement:
     latencies_s: tuple[float, ...] | None
     timer: str
     batch_size: int = 1
-    paired_s: tuple[tuple[float, float], ...] | None = None  # (this precision, partner FP32) seconds, timed back to back
+    paired_s: tuple[tuple[float, float], ...] | None = None  # (this precision, partner FP32) seconds, timed back to back, undisturbed
+    paired_ids: tuple[str, ...] = ()  # the samples of paired_s
+    pairs_wanted: int = 0  # samples paired with FP32, disturbed ones included
+    pairs_retimed: int = 0  # pairs timed again because another process took the CPU from them
+    repetitions: int = 1  # forwards per paired timing (short forwards are timed several at a time)
+    pair_wait_share: float | None = None  # share of the paired forwards' time spent waiting for a CPU
+    rounds_disturbed: float | None = None  # share of this pass's own timed rounds that waited for a CPU
     kept_fp32: tuple[str, ...] = ()  # Linear layers this precision left in FP32 (--quantreg-keep-fp32)
 
     @property
@@ -135,20 +145,7 @@ def measure(
     warm = warmup_indices(inputs, warmup, every_shape=is_compiled(model))
     warmup = len(warm)
     stream = warm + list(range(len(inputs)))
-    partner_s: dict[int, float] = {}
-    paired_at = set(spread(len(inputs), pairs))
-
-    def before(position: int, index: int) -> None:
-        """Untimed by the caller: warm the partner up, or time it on this sample just before ours."""
-        if partner is None:
-            return
-        if position < warmup:
-            partner(**inputs.encodings[index])
-        elif index in paired_at:
-            start = time.perf_counter()
-            partner(**inputs.encodings[index])
-            sync()
-            partner_s[index] = time.perf_counter() - start
+    rounds = _Rounds(forward, inputs, partner, set(spread(len(inputs), pairs)), warmup, sync)
 
     latencies: tuple[float, ...] | None = None
     used_batch = 1  # per sample unless the untimed batched branch runs
@@ -161,9 +158,9 @@ def measure(
                 forward(index)
             timer = "disabled by pytest-benchmark"
         elif benchmark is not None:
-            latencies, timer = _pedantic(benchmark, forward, stream, warmup, before), "pytest-benchmark"
+            latencies, timer = _pedantic(benchmark, forward, stream, warmup, rounds), "pytest-benchmark"
         elif timed:
-            latencies, timer = _perf_counter_loop(forward, stream, warmup, before), "perf_counter"
+            latencies, timer = _perf_counter_loop(forward, stream, warmup, rounds), "perf_counter"
         elif batch_size > 1:
             used_batch = min(batch_size, len(inputs))
             for chunk in length_buckets(inputs, used_batch):
@@ -189,7 +186,7 @@ def measure(
         latencies_s=latencies,
         timer=timer,
         batch_size=used_batch,
-        paired_s=tuple((latencies[i], partner_s[i]) for i in sorted(partner_s)) if latencies and partner_s else None,
+        **(rounds.summary(latencies) if latencies else {}),
     )
 
 
@@ -233,30 +230,95 @@ def _padded(inputs: Inputs, chunk: list[int]) -> dict[str, torch.Tensor]:
     return batch
 
 
-Before = Callable[[int, int], None]
+class _Rounds:
+    """What happens between the timed rounds of a pass (untimed): the FP32 partner warmed up with the
+    warmup rounds and timed in a pair with this precision on the paired samples, and the CPU wait of
+    each timed round read, so that a round another process disturbed is known."""
+
+    def __init__(
+        self,
+        forward: Callable[[int], None],
+        inputs: Inputs,
+        partner: Any | None,
+        paired_at: set[int],
+        warmup: int,
+        sync: Callable[[], None],
+    ) -> None:
+        self._forward, self._inputs, self._partner, self._sync = forward, inputs, partner, sync
+        self._paired_at = paired_at if partner is not None else set()
+        self._warmup = warmup
+        self._count = 0  # forwards per paired timing, set at the first pair
+        self.pairs: dict[int, timing.Pair] = {}
+        self._opened: float | None = None
+        self._waits: list[float | None] = []
+
+    def _fp32(self, index: int) -> None:
+        assert self._partner is not None
+        self._partner(**self._inputs.encodings[index])
+        self._sync()
+
+    def before(self, position: int, index: int) -> None:
+        """Close the round just timed, warm or pair the partner on this sample, open this sample's round."""
+        self.after()
+        if position < self._warmup:
+            if self._partner is not None:
+                self._fp32(index)
+            return
+        if index in self._paired_at:
+            mine, fp32 = (lambda: self._forward(index)), (lambda: self._fp32(index))
+            if not self._count:
+                timing.settle()
+                self._count = timing.repetitions(min(timing.timed(mine).seconds, timing.timed(fp32).seconds))
+            self.pairs[index] = timing.time_pair(mine, fp32, self._count)
+        self._opened = timing.cpu_wait_s()
+
+    def after(self) -> None:
+        """Close the round just timed (its CPU wait), if one is open."""
+        if self._opened is not None:
+            now = timing.cpu_wait_s()
+            self._waits.append(now - self._opened if now is not None else None)
+        self._opened = None
+
+    def summary(self, latencies: Sequence[float]) -> dict[str, Any]:
+        """The pass's pair and disturbance fields of :class:`Measurement`."""
+        rounds = [timing.Timing(s, w) for s, w in zip(latencies, self._waits, strict=False)]
+        known = [r for r in rounds if r.waited is not None]
+        final = [t for pair in self.pairs.values() for t in (pair.mine, pair.fp32)]
+        clean = {i: p for i, p in sorted(self.pairs.items()) if not p.disturbed}
+        return {
+            "paired_s": tuple((p.mine.seconds, p.fp32.seconds) for p in clean.values()) or None,
+            "paired_ids": tuple(self._inputs.ids[i] for i in clean),
+            "pairs_wanted": len(self.pairs),
+            "pairs_retimed": sum(p.attempts > 1 for p in self.pairs.values()),
+            "repetitions": self._count or 1,
+            "pair_wait_share": timing.wait_share(final),
+            "rounds_disturbed": sum(r.disturbed for r in known) / len(known) if known else None,
+        }
 
 
-def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int, before: Before) -> tuple[float, ...]:
+def _pedantic(benchmark: Any, forward: Callable[[int], None], stream: list[int], warmup: int, rounds: _Rounds) -> tuple[float, ...]:
     """One pytest-benchmark round per sample; setup (untimed) feeds the next sample, warmup rounds too."""
     feed = enumerate(stream)
 
     def setup() -> tuple[tuple[int], dict[str, Any]]:
         position, index = next(feed)
-        before(position, index)
+        rounds.before(position, index)
         return (index,), {}
 
     benchmark.pedantic(forward, setup=setup, rounds=len(stream) - warmup, warmup_rounds=warmup, iterations=1)
+    rounds.after()
     return tuple(benchmark.stats.stats.data)
 
 
-def _perf_counter_loop(forward: Callable[[int], None], stream: list[int], warmup: int, before: Before) -> tuple[float, ...]:
+def _perf_counter_loop(forward: Callable[[int], None], stream: list[int], warmup: int, rounds: _Rounds) -> tuple[float, ...]:
     latencies: list[float] = []
     for position, index in enumerate(stream):
-        before(position, index)
+        rounds.before(position, index)
         start = time.perf_counter()
         forward(index)
         if position >= warmup:
             latencies.append(time.perf_counter() - start)
+    rounds.after()
     return tuple(latencies)
 
 

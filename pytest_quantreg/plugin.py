@@ -24,8 +24,9 @@ from pytest_quantreg.failures import LibraryFailure
 from pytest_quantreg.gates import FP32, Limit, agreement, check_accuracy, check_latency, gate_failures
 from pytest_quantreg.metrics import class_metrics
 from pytest_quantreg.models import check_model_dir
+from pytest_quantreg.report import timing_info
 from pytest_quantreg.session import QuantregRun, fallback_info, release_memory
-from pytest_quantreg.stats import Agreement, LatencyRatio, latency_ratio
+from pytest_quantreg.stats import Agreement, LatencyRatio
 
 if TYPE_CHECKING:
     import torch
@@ -411,9 +412,7 @@ class Quantreg:
                 max_logit_change=stats.max_logit_change,
                 confidence_change_pp=stats.confidence_change_pp,
             )
-        ratio = latency_ratio(result.paired_s)
-        if ratio is not None:
-            info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95), latency_pairs=ratio.n)
+        info.update(timing_info(result))
         if self.label in run.fallback_reports:
             info.update(fallback_info(run.fallback_reports[self.label]))
         benchmark.extra_info.update(info)

@@ -10,7 +10,7 @@ from pytest_quantreg import keep
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Measurement
 from pytest_quantreg.example import library_versions
-from pytest_quantreg.gates import FP32
+from pytest_quantreg.gates import FP32, disturbance
 from pytest_quantreg.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Metric, class_metrics
 from pytest_quantreg.session import QuantregRun
 from pytest_quantreg.stats import Agreement, Reference, compare, latency_ratio
@@ -152,8 +152,36 @@ def _points(classes: dict[str, ClassMetrics], attr: str, m: Measurement, f: Meas
     return f"{(getattr(classes[m.precision], attr) - getattr(classes[f.precision], attr)) * 100:+.2f}"
 
 
+def timing_info(measurement: Measurement) -> dict[str, Any]:
+    """The benchmark JSON's ``extra_info`` entries of a timed pass: the paired latency ratio with its
+    interval, each paired sample's ratio (what ``quantreg compare`` pairs across runs), and how much
+    other work disturbed the timings."""
+    info: dict[str, Any] = {}
+    ratio = latency_ratio(measurement.paired_s)
+    if ratio is not None:
+        info.update(latency_ratio=ratio.ratio, latency_ratio_ci95=list(ratio.ci95), latency_pairs=ratio.n)
+        pairs = measurement.paired_s or ()
+        info["latency_sample_ratios"] = {i: mine / fp32 for i, (mine, fp32) in zip(measurement.paired_ids, pairs, strict=True)}
+    if measurement.pairs_wanted:
+        info.update(
+            latency_pairs_wanted=measurement.pairs_wanted,
+            latency_pairs_retimed=measurement.pairs_retimed,
+            latency_repetitions=measurement.repetitions,
+            latency_cpu_wait_share=measurement.pair_wait_share,
+        )
+    if measurement.rounds_disturbed is not None:
+        info["rounds_disturbed"] = measurement.rounds_disturbed
+    busy = disturbance(measurement)
+    info["latency_disturbed"] = busy is not None
+    if busy:
+        info["latency_disturbed_reason"] = busy
+    return info
+
+
 def ratio_cell(measurement: Measurement) -> str:
     """The latency ratio to FP32 (timed back to back) with its 95% interval, as a table cell."""
+    if disturbance(measurement):
+        return "busy machine"
     if measurement.precision == FP32:
         return "1 (reference)" if measurement.latencies_s else "n/a"
     ratio = latency_ratio(measurement.paired_s)

@@ -25,7 +25,7 @@ from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.evaluation import Inputs, Measurement, measure, tokenize
 from pytest_quantreg.example import library_versions
 from pytest_quantreg.failures import library_failures
-from pytest_quantreg.gates import FP32, Limit
+from pytest_quantreg.gates import FP32, Limit, disturbance
 from pytest_quantreg.metrics import Metric, check_sample, parse_metric
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
@@ -391,15 +391,25 @@ class QuantregRun:
             return None
         return (
             f"no latency ratio recorded for {', '.join(self.unrecorded)} on this hardware class ({self.hardware.hardware_class}) "
-            f"in {self.baseline_path}: only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
+            f"in {self.baseline_path} (or recorded with an older timing protocol, {baselines.TIMING_PROTOCOL} here): only their "
+            "fixed limits judged them; record them on this machine with --quantreg-record-latency"
         )
 
     def record_latency(self) -> None:
         """With ``--quantreg-update-baselines`` or ``--quantreg-record-latency``, store this run's paired
         latency ratios for this hardware class in the baseline."""
-        ratios = {self.record_key(name): latency_ratio(m.paired_s) for name, m in self.measurements.items() if name != FP32}
+        timed = {self.record_key(name): m for name, m in self.measurements.items() if name != FP32}
+        busy = [name for name, m in timed.items() if disturbance(m)]
+        ratios = {name: latency_ratio(m.paired_s) for name, m in timed.items() if name not in busy}
         measured = {name: ratio for name, ratio in ratios.items() if ratio is not None}
-        if not self.settings.records_latency or not measured:
+        if not self.settings.records_latency:
+            return
+        if busy:
+            self.notes["latency not recorded"] = (
+                f"latency ratios of {', '.join(busy)} not recorded: the machine was busy while they were timed "
+                "(their latency tests say how); record them on a quiet machine"
+            )
+        if not measured:
             return
         self._record_fp32_if_asked()
         if self.usable_baseline() is None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,15 +94,55 @@ def test_latency_and_size_thresholds_and_fractions(project: pytest.Pytester) -> 
     data = json.loads((project.path / "a.json").read_text())  # HEAD: the same run, edited
     for bench in data["benchmarks"]:
         if bench["extra_info"]["precision"] == "int8-dynamic":
-            bench["extra_info"]["latency_ratio"] *= 1.5  # HEAD's int8 got 50% slower relative to FP32
+            slower(bench["extra_info"], 1.5)  # HEAD's int8 got 50% slower relative to FP32
             bench["extra_info"]["size_mb"] *= 1.02
     (project.path / "b.json").write_text(json.dumps(data))
     result = compare("a.json", "b.json", "--fail-on", "latency=0.1", "--fail-on", "size=1%", cwd=project.path)
     assert result.returncode == 1
     assert "REGRESSION int8-dynamic (cpu): latency ratio to FP32" in result.stdout
-    assert "(+50.0% > 10.0%)" in result.stdout
+    assert "(+50.0%, 95% CI [+50.0%, +50.0%] > 10.0%)" in result.stdout  # every paired sample 1.5x its BASE ratio
     assert "(+2.0% > 1.0%)" in result.stdout
     assert compare("a.json", "b.json", "--fail-on", "latency=60%", "--fail-on", "size=0.05", cwd=project.path).returncode == 0
+
+
+def slower(info: dict, factor: float, samples: float | None = None) -> None:
+    """A benchmark's paired latency ``factor`` times slower, each paired sample's by ``samples`` (default the same)."""
+    info["latency_ratio"] *= factor
+    info["latency_sample_ratios"] = {k: v * (samples or factor) for k, v in info["latency_sample_ratios"].items()}
+
+
+def test_latency_is_judged_on_the_interval_over_the_rounds(project: pytest.Pytester) -> None:
+    """Per-sample ratios decide, with their interval; rounds that disagree, or a busy machine, are not judged."""
+    run_suite(project, "a.json")
+    data = json.loads((project.path / "a.json").read_text())
+
+    def edited(name: str, change: Any) -> str:
+        copy = json.loads(json.dumps(data))
+        for bench in copy["benchmarks"]:
+            if bench["extra_info"]["precision"] == "int8-dynamic":
+                change(bench["extra_info"])
+        (project.path / name).write_text(json.dumps(copy))
+        return name
+
+    info = next(b["extra_info"] for b in data["benchmarks"] if b["extra_info"]["precision"] == "int8-dynamic")
+    assert info["latency_pairs_wanted"] >= 6
+    assert len(info["latency_sample_ratios"]) == info["latency_pairs"]
+    assert info["latency_disturbed"] is False
+    # the ratio moved 50% but no paired sample did: the point estimate alone would fail, the interval does not
+    moved = edited("moved.json", lambda i: slower(i, 1.5, samples=1.0))
+    assert compare("a.json", moved, "--fail-on", "latency=10%", cwd=project.path).returncode == 0
+    # HEAD's two rounds 15% slower on every sample: caught; BASE's rounds 30% apart: not judged, and said so
+    slow = edited("slow.json", lambda i: slower(i, 1.15))
+    caught = compare("a.json,a.json", f"{slow},{slow}", "--fail-on", "latency=10%", cwd=project.path)
+    assert caught.returncode == 1, caught.stdout
+    assert "(+1 more rounds)" in caught.stdout
+    varied = edited("varied.json", lambda i: slower(i, 1.3))
+    unsure = compare(f"a.json,{varied}", f"{slow},{slow}", "--fail-on", "latency=10%", cwd=project.path)
+    assert unsure.returncode == 0, unsure.stdout
+    assert "int8-dynamic: its latency ratio moved 30.0% between the rounds of BASE" in unsure.stdout
+    busy = edited("busy.json", lambda i: i.update(latency_disturbed=True))
+    skipped = compare("a.json", busy, "--fail-on", "latency=10%", cwd=project.path)
+    assert "int8-dynamic: the machine was busy while HEAD timed it: latency is shown, not judged" in skipped.stdout
 
 
 def test_other_hardware_class_is_noted_and_its_latency_not_judged(project: pytest.Pytester) -> None:
@@ -203,8 +244,8 @@ def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
     env = {**os.environ, "QUANTREG_PYTHON": sys.executable}
     script = str(REPO / "scripts" / "compare-commits.sh")
 
-    def recipe(base: str, head: str) -> subprocess.CompletedProcess[str]:
-        command = ["bash", script, base, head, "--precision=fp32,mine", "-p", "no:cacheprovider"]
+    def recipe(*commits: str) -> subprocess.CompletedProcess[str]:
+        command = ["bash", script, *commits, "--precision=fp32,mine", "-p", "no:cacheprovider"]
         return subprocess.run(command, cwd=project.path, env=env, capture_output=True, text=True)
 
     broken = recipe("HEAD~1", "HEAD")
@@ -212,9 +253,19 @@ def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
     assert "REGRESSION mine (cpu): accuracy 100.00% -> 0.00%" in broken.stdout
     summary = (project.path / "quantreg-compare" / "compare.md").read_text()
     assert "**1 regression(s)**" in summary
-    clean = recipe("HEAD~1", "HEAD~1")
+    clean = recipe("--rounds", "2", "HEAD~1", "HEAD~1")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "no regression" in clean.stdout
+    assert "(+1 more rounds)" in clean.stdout
+    order = [line.split(" (")[0] for line in clean.stderr.splitlines() if line.startswith("pytest on ")]
+    assert order == ["pytest on base", "pytest on head"] * 2  # alternated, so drift between runs falls on both sides
+    assert sorted(p.name for p in (project.path / "quantreg-compare").glob("*-?.json")) == [
+        "base-1.json",
+        "base-2.json",
+        "head-1.json",
+        "head-2.json",
+    ]
+    assert recipe("--rounds", "0", "HEAD~1", "HEAD").returncode == 2
     workflow = (REPO / ".github" / "workflows" / "quantreg-compare.yml").read_text()
     assert "bash scripts/compare-commits.sh" in workflow
     assert "quantreg-compare/compare.md" in workflow

@@ -1,0 +1,96 @@
+"""Latency you can trust: runtimes timed next to each other, and a busy machine, on real models."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pytest_quantreg import timing
+from pytest_quantreg.data import draw_sample, load_file, parse_sample_spec
+from pytest_quantreg.evaluation import Inputs, measure, tokenize
+from pytest_quantreg.models import load_classifier, load_tokenizer
+
+BUSY_SECONDS = 240  # the neighbours end by themselves at the latest after this
+
+
+@contextmanager
+def busy_neighbours(count: int | None = None) -> Iterator[None]:
+    """``count`` (default: one per core) busy-loop processes beside this one, bounded in time, ended on exit."""
+    import os
+
+    code = f"import time\nend = time.monotonic() + {BUSY_SECONDS}\nwhile time.monotonic() < end:\n    pass\n"
+    loops = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count or os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tiny_model_dir: Path, tiny_dataset: Path) -> Inputs:
+    sample = draw_sample(load_file(tiny_dataset, ("negative", "positive")), parse_sample_spec("all"), 0)
+    return tokenize(load_tokenizer(tiny_model_dir), sample, 64)
+
+
+def test_a_thread_kept_from_the_cpu_is_seen_waiting() -> None:
+    def spin() -> None:
+        import time
+
+        end = time.perf_counter() + 0.2
+        while time.perf_counter() < end:
+            pass
+
+    quiet = timing.timed(spin)
+    if quiet.waited is None:
+        pytest.skip("this operating system does not report the time a thread waits for a CPU")
+    with busy_neighbours():
+        busy = timing.timed(spin)
+    assert busy.waited is not None
+    assert busy.disturbed
+    assert busy.waited > 10 * max(quiet.waited, 1e-4)
+
+
+def test_repetitions_make_each_timing_last_long_enough() -> None:
+    assert timing.repetitions(0.010) == 1
+    assert timing.repetitions(0.001) == 5
+    assert timing.repetitions(0.0) == timing.MAX_REPETITIONS
+
+
+def test_onnx_runtime_next_to_fp32_leaves_fp32_its_own_speed(tiny_model_dir: Path, tiny_inputs: Inputs) -> None:
+    """ONNX Runtime's pool, if left spinning, took the CPU from FP32's partner forwards (1 ms became 50)."""
+    pytest.importorskip("onnxruntime")
+    from pytest_quantreg.backends import builtin_registry
+    from pytest_quantreg.precisions import BuildContext
+
+    fp32 = load_classifier(tiny_model_dir)
+    onnx = builtin_registry()["onnx-fp32"].build(BuildContext(tiny_model_dir, "cpu"))
+    alone = measure(fp32, tiny_inputs, precision="fp32", size_mb=0.0, warmup=5, timed=True)
+    paired = measure(onnx, tiny_inputs, precision="onnx-fp32", size_mb=0.0, warmup=5, timed=True, partner=fp32, pairs=len(tiny_inputs))
+    assert alone.latency is not None
+    assert paired.paired_s is not None
+    partner_ms = statistics.median(fp32_s for _, fp32_s in paired.paired_s) * 1000
+    assert partner_ms == pytest.approx(alone.latency.median_ms, rel=0.15), f"alone {alone.latency.median_ms:.3f} ms"
+
+
+def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pytester: pytest.Pytester) -> None:
+    """Every core taken by a busy loop: the latency tests say the machine was busy, none passes or fails."""
+    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    with busy_neighbours(2 * (__import__("os").cpu_count() or 2)):
+        result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency", "-rs", "--quantreg-max-latency-ratio=int8=0.0001")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*latency gate for fp32 not judged: the machine was busy: *% of FP32's timed forwards waited for a CPU*",
+            "*latency gate for int8-dynamic not judged: the machine was busy: * of * pairs with FP32 waited for a CPU even after "
+            "re-timing*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*latency ratio, paired*busy machine*"])
