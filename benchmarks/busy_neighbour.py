@@ -30,7 +30,11 @@ BUSY_SECONDS = 1800
 
 def one_run(folder: Path, label: str, precisions: str, slow: bool, busy: bool, *options: str) -> dict:
     out = folder / f"{label}.json"
-    env = {"PYTHONPATH": str(ROOT / "benchmarks"), "QUANTREG_BENCH_OUT": str(out), "QUANTREG_CHANGE": "slow" if slow else ""}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]),
+        "QUANTREG_BENCH_OUT": str(out),
+        "QUANTREG_CHANGE": "slow" if slow else "",
+    }
     command = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "-k", "latency", f"--precision={precisions}", "-rs"]
     command += ["-p", "changed_precision", "-p", "no:cacheprovider", "-q", f"--quantreg-baseline-dir={folder / 'baselines'}", *options]
     code = f"import time\nend = time.monotonic() + {BUSY_SECONDS}\nwhile time.monotonic() < end:\n    pass\n"

@@ -50,7 +50,7 @@ def trial(folder: Path, base: str, head: str, rounds: int) -> tuple[int, str]:
         **os.environ,
         "QUANTREG_PYTHON": PYTHON,
         "QUANTREG_FAIL_ON": "latency=10%",
-        "PYTHONPATH": str(ROOT / "benchmarks"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]),
         "QUANTREG_COMPARE_DIR": str(folder / "out"),
     }
     command = ["bash", str(ROOT / "scripts" / "compare-commits.sh"), "--rounds", str(rounds), base, head, *PYTEST_ARGS]
