@@ -1,6 +1,6 @@
 """`quantreg compare` across commits with alternated rounds: the same commit against itself, and a
-head whose int8-dynamic is about 1.15x slower (changed_precision.py, ``slow1``: its first encoder
-layer runs twice).
+head whose int8-dynamic is about 1.15x slower (changed_precision.py, ``slow-ffn``: the feed-forward
+blocks of its first three encoder layers run twice; the change each trial measured is printed).
 
 A scratch git repository holds the example's latency tests; its head commit adds a conftest that
 asks changed_precision.py (loaded with ``-p`` on both sides) to slow int8-dynamic. Each trial runs
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT
 
-SLOW_CONFTEST = 'import os\n\nos.environ["QUANTREG_CHANGE"] = "slow1"  # read by changed_precision (-p) when the run starts\n'
+SLOW_CONFTEST = 'import os\n\nos.environ["QUANTREG_CHANGE"] = "slow-ffn"  # read by changed_precision (-p) when the run starts\n'
 PYTEST_ARGS = ["--precision=fp32,int8-dynamic", "-k", "latency", "-p", "changed_precision", "-p", "no:cacheprovider", "-q"]
 PYTEST_ARGS += ["--quantreg-samples=150"]
 
