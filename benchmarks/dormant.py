@@ -2,8 +2,8 @@
 plugin against ``pytest -p no:quantreg``, alternating, each a fresh process, on a generated
 one-test suite and on any suite folders given (for example a checkout of a library's own tests).
 
-For each run with the plugin it also checks what a dormant plugin must not do: print a ``quantreg``
-line, or leave torch imported at the end of the session (a conftest-free witness plugin, loaded
+For each run with the plugin it also checks what a dormant plugin must not do: print a line of its
+own (pytest's list of installed plugins aside), or leave torch imported at the end of the session (a conftest-free witness plugin, loaded
 with ``-p``, writes ``sys.modules`` to a file).
 
     .venv/bin/python benchmarks/dormant.py [--runs 7] [SUITE_DIR [PYTEST_ARGS...]]
@@ -65,7 +65,7 @@ def main() -> None:
                     wall, output, seen = timed(folder, extra, scratch / "witness.txt", plugin)
                     walls[plugin].append(wall)
                     if plugin:
-                        lines += sum("quantreg" in line.lower() for line in output.splitlines())
+                        lines += sum(line.lower().startswith("quantreg") or "QUANTREG" in line for line in output.splitlines())
                         torch += seen == "torch"
             on, off = statistics.median(walls[True]), statistics.median(walls[False])
             name = f"{folder.name} {' '.join(extra)}".strip()

@@ -35,7 +35,11 @@ SUITE += ["-p", "changed_precision", "-p", "no:cacheprovider", "-q"]
 
 def one_run(folder: Path, name: str, slow: bool, *options: str) -> dict:
     out = folder / f"{name}.json"
-    env = {"PYTHONPATH": str(ROOT / "benchmarks"), "QUANTREG_BENCH_OUT": str(out), "QUANTREG_CHANGE": "slow" if slow else ""}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]),
+        "QUANTREG_BENCH_OUT": str(out),
+        "QUANTREG_CHANGE": "slow" if slow else "",
+    }
     result = run([*SUITE, f"--quantreg-baseline-dir={folder / 'baselines'}", *options], env=env)
     data = json.loads(out.read_text())
     data["wall_s"] = result.wall_s

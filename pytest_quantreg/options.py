@@ -25,13 +25,18 @@ MIN_PAIRS = 6  # the fewest pairs whose median has a distribution-free 95% inter
 # (option, ini name, default, help); flags are declared separately.
 _VALUED: list[tuple[str, str, str, str]] = [
     (
-        "--precision",
+        "--quantreg-precision",
         "quantreg_precision",
         DEFAULT_PRECISIONS,
         "Comma-separated precisions to test: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, "
         "aliases int8 and int4, or all (default: %(default)s)",
     ),
-    ("--device", "quantreg_device", "auto", "Device to run on: cpu, cuda, cuda:N or auto (CUDA when available; default: %(default)s)"),
+    (
+        "--quantreg-device",
+        "quantreg_device",
+        "auto",
+        "Device to run on: cpu, cuda, cuda:N or auto (CUDA when available; default: %(default)s)",
+    ),
     ("--quantreg-model", "quantreg_model", "", "Local Hugging Face folder of a sequence classifier (default: the embedded example)"),
     ("--quantreg-dataset", "quantreg_dataset", "", "CSV or JSON Lines file with texts and labels (default: the embedded tweets)"),
     ("--quantreg-text-column", "quantreg_text_column", "text", "Text column of --quantreg-dataset (default: %(default)s)"),
@@ -189,9 +194,14 @@ GATES: tuple[Gate, ...] = (
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+SHORT = {"--precision": "--quantreg-precision", "--device": "--quantreg-device"}  # short spelling -> our own
+GROUP = "quantreg"
+
+
 def add_options(parser: pytest.Parser) -> None:
-    """Declare the ``quantreg`` option group and the ini settings."""
-    group = parser.getgroup("quantreg", "quantization regression (pytest-quantreg)")
+    """Declare the ``quantreg`` option group and the ini settings (the short spellings come later:
+    :func:`add_short_options`)."""
+    group = parser.getgroup(GROUP, "quantization regression (pytest-quantreg)")
     for option, ini, default, help_text in _VALUED:
         group.addoption(option, dest=ini, default=None, metavar=option.rsplit("-", 1)[-1].upper(), help=help_text % {"default": default})
         parser.addini(ini, help_text.split(" (default")[0].split(":")[0], default=default)
@@ -202,6 +212,39 @@ def add_options(parser: pytest.Parser) -> None:
     for option, ini, help_text in _FLAGS:
         group.addoption(option, dest=ini, action="store_true", default=None, help=help_text)
         parser.addini(ini, help_text, type="bool", default=False)
+
+
+def add_short_options(parser: pytest.Parser) -> tuple[str, ...]:
+    """Add ``--precision`` and ``--device`` as spellings of ``--quantreg-precision`` and
+    ``--quantreg-device`` where no other plugin or conftest has claimed them, once every option of
+    the run is declared; return the ones left to their owners (the suite keeps working)."""
+    taken = _declared_names(parser)
+    group = parser.getgroup(GROUP)
+    yielded = []
+    for short, own in SHORT.items():
+        if short in taken:
+            yielded.append(short)
+            continue
+        ini, default, help_text = next((ini, default, text) for option, ini, default, text in _VALUED if option == own)
+        group.addoption(
+            short, dest=ini, default=None, metavar=short.lstrip("-").upper(), help=f"Same as {own}: " + help_text % {"default": default}
+        )
+    return tuple(yielded)
+
+
+def _declared_names(parser: pytest.Parser) -> set[str]:
+    """Every option string declared so far, in any group (pytest has no public way to list them)."""
+    groups = [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", [])]
+    return {name for group in groups if group is not None for option in group.options for name in option.names()}
+
+
+def requested(config: pytest.Config) -> bool:
+    """Whether this run asks for quantreg by an option on the command line or a setting in the ini
+    file (one that differs from its default: pytest cannot tell a setting from its default)."""
+    defaults = {ini: default for _, ini, default, _ in _VALUED} | {gate.ini: "" for gate in GATES} | {ini: False for _, ini, _ in _FLAGS}
+    if any(config.getoption(ini, None) is not None for ini in defaults):
+        return True
+    return any(config.getini(ini) != default for ini, default in defaults.items())
 
 
 @dataclass(frozen=True)

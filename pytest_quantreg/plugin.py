@@ -3,6 +3,11 @@
 Sections in order: hooks that set up the run, collection, fixtures, reporting. The work is done
 in modules named for the pipeline; torch and transformers are imported only when a test needs a
 model.
+
+pytest loads the plugin into every run of the environment, so it stays dormant until the run uses
+it: a quantreg option or ini setting activates it at configuration, otherwise the first collected
+test that requests a quantreg fixture or carries the ``quantreg`` marker does. A dormant run prints
+nothing, imports no torch, reads no data and writes no file.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +42,20 @@ if TYPE_CHECKING:
     from pytest_quantreg.weights import WeightReport
 
 RUN = pytest.StashKey[QuantregRun]()
+YIELDED = pytest.StashKey[tuple[str, ...]]()  # --precision / --device left to the suite that declared them
+FIXTURES = frozenset(
+    {
+        "quantreg",
+        "quantreg_run",
+        "quantreg_precision",
+        "quantreg_sample",
+        "quantreg_model",
+        "quantreg_fp32_model",
+        "quantreg_weight_report",
+        "quantreg_baseline",
+        "quantreg_fallback",
+    }
+)
 GATE_KEYS = tuple(gate.key for gate in options.GATES)
 MARKER_KEYS = frozenset({*GATE_KEYS, "precisions", "keep_fp32", "max_fp32_units"})
 MARKER_HELP = (
@@ -57,10 +76,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser) -> Generator[None, None, None]:
+    """Once the suite's conftests have declared their options: take --precision and --device where free."""
+    result = yield
+    early_config.stash[YIELDED] = options.add_short_options(parser)
+    return result
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
-    if config.getoption("help"):
-        return
+    if config.getoption("help") or not options.requested(config):
+        return  # dormant until a collected test asks for quantreg
+    activate(config)
+
+
+def activate(config: pytest.Config) -> QuantregRun:
+    """This session's quantreg run, set up and checked on first use; ``pytest.UsageError`` with the fix."""
+    run = config.stash.get(RUN, None)
+    if run is not None:
+        return run
     settings = options.resolve(config)
     try:
         settings = _resolve_device(settings)
@@ -75,6 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[RUN] = run
+    return run
 
 
 def _check_max_length(settings: options.Settings, config: Mapping[str, Any]) -> None:
@@ -142,10 +178,19 @@ def _gpu_build() -> bool:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    run = config.stash.get(RUN, None)
+    return _header(config, run) if run is not None else []
+
+
+def _header(config: pytest.Config, run: QuantregRun) -> list[str]:
     from pytest_quantreg.report import header
 
-    run = config.stash.get(RUN, None)
-    return header(run, hardware=not config.option.collectonly) if run is not None else []  # collection imports no torch
+    lines = header(run, hardware=not config.option.collectonly)  # collection imports no torch
+    yielded = config.stash.get(YIELDED, ())
+    if yielded:
+        ours = ", ".join(options.SHORT[name] for name in yielded)
+        lines.append(f"quantreg: {', '.join(yielded)} belong to this suite (declared by its own plugin or conftest); quantreg reads {ours}")
+    return lines
 
 
 # -- collection ------------------------------------------------------------------------------------
@@ -155,7 +200,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize tests that use the quantreg fixtures over the selected precisions."""
     if "quantreg_precision" not in metafunc.fixturenames:
         return
-    run = metafunc.config.stash[RUN]
+    try:
+        run = activate(metafunc.config)
+    except pytest.UsageError:
+        return  # said once, as a usage error, when collection ends (pytest_collection_modifyitems)
+    run.requested = True
     names = run.selected
     marker = metafunc.definition.get_closest_marker("quantreg")
     kwargs = _marker_kwargs(marker, metafunc.definition.nodeid) if marker else {}
@@ -172,6 +221,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             run.skipped[name] = reason
         params.append(pytest.param(name, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else []))
     metafunc.parametrize("quantreg_precision", params, scope="session")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A dormant run whose collected tests use quantreg (a fixture or the marker) becomes active here."""
+    if RUN in config.stash or not any(_uses_quantreg(item) for item in items):
+        return
+    run = activate(config)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and not config.option.collectonly:
+        for line in _header(config, run):
+            reporter.write_line(line)
+
+
+def _uses_quantreg(item: pytest.Item) -> bool:
+    return not FIXTURES.isdisjoint(getattr(item, "fixturenames", ())) or item.get_closest_marker("quantreg") is not None
 
 
 def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
@@ -217,7 +281,10 @@ def _marker_kwargs(marker: pytest.Mark, nodeid: str) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def quantreg_run(pytestconfig: pytest.Config) -> QuantregRun:
     """This session's quantreg state (settings, registry, measurements)."""
-    return pytestconfig.stash[RUN]
+    try:
+        return activate(pytestconfig)
+    except pytest.UsageError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -445,10 +512,9 @@ def _user_errors_or_none(call: Any) -> Any:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """pytest-xdist controller: take in what a finished worker measured."""
-    run = node.config.stash.get(RUN, None)
     output = getattr(node, "workeroutput", {}).get(xdist.KEY)
-    if run is not None and output is not None:
-        xdist.merge(run, output)
+    if output is not None:  # the worker's run used quantreg: so does the controller's, which reports it
+        xdist.merge(activate(node.config), output)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -555,7 +621,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for name, reason in run.skipped.items():
         terminalreporter.write_line(f"quantreg: {name} skipped: {reason}")
     quantized = [n for n in run.selected if n != FP32]
-    if quantized and terminalreporter.stats.get("skipped") and not any(n in run.measurements for n in quantized):
+    if run.requested and quantized and terminalreporter.stats.get("skipped") and not any(n in run.measurements for n in quantized):
         terminalreporter.write_line(
             f"quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {', '.join(quantized)} was skipped (reasons above); "
             "this run says nothing about them",

@@ -30,6 +30,7 @@ from pytest_quantreg.metrics import Metric, check_sample, parse_metric
 from pytest_quantreg.options import Settings
 from pytest_quantreg.precisions import BuildContext, Precision, Registry
 from pytest_quantreg.stats import LatencyRatio, Reference, compare, latency_ratio
+from pytest_quantreg.timing import MIN_TIMED_S
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +64,7 @@ class QuantregRun:
     _keep_names: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
     _searched: dict[tuple[Any, ...], Fallback] = field(default_factory=dict)  # (label, cap, gates) -> its search
     _recorded_fp32: bool = False
+    requested: bool = False  # a collected test is parametrized over the precisions
 
     @property
     def device(self) -> str:
@@ -273,6 +275,11 @@ class QuantregRun:
             )
         result = dataclasses.replace(result, kept_fp32=self.kept.get(name, ()))
         self.measurements[name] = result
+        if result.repetitions > 1:
+            self.notes[f"short forwards {name}"] = (
+                f"{name}'s forwards (or FP32's) take under {MIN_TIMED_S * 1000:g} ms, too short to time one at a time: "
+                f"each side of its latency pairs was timed {result.repetitions} forwards at a time"
+            )
         return result
 
     def timing_partner(self) -> torch.nn.Module:

@@ -3,8 +3,8 @@
 Three things get in the way on a shared CPU, and each is handled here:
 
 - Worker threads of a runtime keep spinning after a call (ONNX Runtime's pools, OpenMP's), and the
-  next forward timed, another runtime's, runs against them. :func:`settle` waits until no thread of
-  this process uses the CPU before a paired forward is timed.
+  next forward timed, another runtime's, runs against them. :func:`settle` waits until no other thread of
+  this process runs before each side of a pair is timed, and the side runs untimed first.
 - Other processes take the CPU from ours. Linux counts, per thread, the time it was ready to run
   but waited for a CPU (``/proc/self/task/*/schedstat``); :func:`timed` reads it beside the wall
   time, so a forward that waited is known to be disturbed and can be re-timed or left out.

@@ -35,6 +35,7 @@ def worker_output(run: QuantregRun) -> dict[str, Any]:
         "written": [[outcome, str(path)] for outcome, path in run.written],
         "weight_reports": [dataclasses.asdict(r) for r in run.weight_reports.values()],
         "fallback_reports": dict(run.fallback_reports),
+        "requested": run.requested,
     }
 
 
@@ -53,6 +54,7 @@ def merge(run: QuantregRun, output: dict[str, Any]) -> None:
         layers = tuple(LayerError(**_tuples(layer)) for layer in data["layers"])
         run.weight_reports[data["precision"]] = WeightReport(data["precision"], layers, tuple(data.get("kept_fp32", ())))
     run.fallback_reports.update(output.get("fallback_reports", {}))
+    run.requested = run.requested or bool(output.get("requested"))
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,8 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     for option in (
         "--precision=PRECISION",
         "--device=DEVICE",
+        "--quantreg-precision=PRECISION",
+        "--quantreg-device=DEVICE",
         "--quantreg-model=MODEL",
         "--quantreg-dataset=DATASET",
         "--quantreg-samples=SAMPLES",

@@ -94,3 +94,17 @@ def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pyteste
         ]
     )
     result.stdout.fnmatch_lines(["*latency ratio, paired*busy machine*"])
+
+
+def test_short_forwards_are_timed_several_at_a_time_and_the_run_says_so(quantreg_pytester: pytest.Pytester) -> None:
+    """The tiny model's forward takes about a millisecond: each side of a pair is timed several at a time."""
+    import json
+
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency", "--benchmark-json=out.json")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["quantreg: int8-dynamic's forwards (or FP32's) take under 5 ms, too short to time one at a time: *"])
+    data = json.loads((quantreg_pytester.path / "out.json").read_text())
+    info = next(b["extra_info"] for b in data["benchmarks"] if b["extra_info"]["precision"] == "int8-dynamic")
+    assert info["latency_repetitions"] > 1
+    assert info["latency_disturbed"] is False
+    assert len(info["latency_sample_ratios"]) == info["latency_pairs"] <= info["latency_pairs_wanted"]
