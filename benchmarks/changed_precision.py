@@ -100,7 +100,7 @@ def pytest_quantreg_precisions(registry: Registry) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call" or report.outcome != "passed":
-        OUTCOMES[report.nodeid] = {"outcome": report.outcome, "message": report.longreprtext if report.failed else ""}
+        OUTCOMES[report.nodeid] = {"outcome": report.outcome, "message": report.longreprtext if not report.passed else ""}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -264,13 +264,18 @@ class _Rounds:
             if self._partner is not None:
                 self._fp32(index)
             return
-        if index in self._paired_at:
+        if index in self._paired_at and not self._busy():
             mine, fp32 = (lambda: self._forward(index)), (lambda: self._fp32(index))
             if not self._count:
                 timing.settle()
                 self._count = timing.repetitions(min(timing.timed(mine).seconds, timing.timed(fp32).seconds))
             self.pairs[index] = timing.time_pair(mine, fp32, self._count)
         self._opened = timing.cpu_wait_s()
+
+    def _busy(self) -> bool:
+        """Whether so many pairs stayed disturbed that the ratio cannot be judged: the rest are not timed."""
+        disturbed = sum(pair.disturbed for pair in self.pairs.values())
+        return disturbed > (1 - timing.MIN_CLEAN_SHARE) * len(self._paired_at)
 
     def after(self) -> None:
         """Close the round just timed (its CPU wait), if one is open."""
@@ -288,7 +293,7 @@ class _Rounds:
         return {
             "paired_s": tuple((p.mine.seconds, p.fp32.seconds) for p in clean.values()) or None,
             "paired_ids": tuple(self._inputs.ids[i] for i in clean),
-            "pairs_wanted": len(self.pairs),
+            "pairs_wanted": len(self._paired_at),
             "pairs_retimed": sum(p.attempts > 1 for p in self.pairs.values()),
             "repetitions": self._count or 1,
             "pair_wait_share": timing.wait_share(final),

@@ -142,9 +142,10 @@ def disturbance(measurement: Measurement) -> str | None:
         if clean >= MIN_CLEAN_SHARE * measurement.pairs_wanted:
             return None
         return (
-            f"the machine was busy: {measurement.pairs_wanted - clean} of {measurement.pairs_wanted} pairs with FP32 "
-            f"waited for a CPU even after re-timing ({measurement.pairs_retimed} re-timed), their forwards spent {share} "
-            "of their time waiting for a CPU; run it on a quiet machine, or without other work on these cores"
+            f"the machine was busy: only {clean} of {measurement.pairs_wanted} pairs with FP32 were timed without waiting "
+            f"for a CPU ({measurement.pairs_retimed} re-timed, the rest not timed once the ratio could not be judged), "
+            f"their forwards spent {share} of their time waiting for a CPU; run it on a quiet machine, or without other "
+            "work on these cores"
         )
     rounds = measurement.rounds_disturbed
     if measurement.precision == FP32 and rounds is not None and rounds > 1 - MIN_CLEAN_SHARE:
