@@ -144,8 +144,8 @@ def disturbance(measurement: Measurement) -> str | None:
         return (
             f"the machine was busy: only {clean} of {measurement.pairs_wanted} pairs with FP32 were timed without waiting "
             f"for a CPU ({measurement.pairs_retimed} re-timed, the rest not timed once the ratio could not be judged), "
-            f"their forwards spent {share} of their time waiting for a CPU; run it on a quiet machine, or without other "
-            "work on these cores"
+            f"and their threads together waited for a CPU for {share} of the forwards' time; run it on a quiet machine, "
+            "or without other work on these cores"
         )
     rounds = measurement.rounds_disturbed
     if measurement.precision == FP32 and rounds is not None and rounds > 1 - MIN_CLEAN_SHARE:
