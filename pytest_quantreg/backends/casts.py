@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_quantreg.precisions import BuildContext, Precision
@@ -24,6 +27,31 @@ def _bf16(ctx: BuildContext) -> torch.nn.Module:
     import torch
 
     return ctx.load(dtype=torch.bfloat16)
+
+
+def bf16_blocked(capability: str, amx: bool) -> bool:
+    """Whether torch 2.13's bf16 matmul fails here: on a CPU with AMX whose torch kernels are capped
+    below AVX-512 it raises 'pack_vnni2 is only supported when avx512 is supported'."""
+    return amx and capability.lower() in ("default", "avx2")
+
+
+@functools.cache
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_tile" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def _bf16_unsupported(device_type: str) -> str | None:
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "")
+    if device_type == "cpu" and bf16_blocked(capability, _cpu_has_amx()):
+        return (
+            f"torch's bf16 matmul fails on this CPU with AMX when its kernels are capped below AVX-512 "
+            f"(ATEN_CPU_CAPABILITY={capability}: 'pack_vnni2 is only supported when avx512 is supported'); "
+            "run without the cap, or leave bf16 out"
+        )
+    return None
 
 
 def precisions() -> list[Precision]:
@@ -59,5 +87,6 @@ def precisions() -> list[Precision]:
             max_flip_rate=3.0,
             max_kl=0.01,
             compilable=True,
+            unsupported=_bf16_unsupported,
         ),
     ]
