@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,6 @@ def load_rounds(spec: str, storage: Path) -> Run:
         raise QuantregError(f"{spec!r} names no run; give a JSON file, a saved run's id, or several separated by commas")
     if len(runs) == 1:
         return runs[0]
-    import statistics
-
     first = runs[0]
     entries = {}
     for key, entry in first.entries.items():
@@ -323,8 +322,6 @@ def latency_change(base: tuple[LatencyRound, ...], head: tuple[LatencyRound, ...
     """HEAD's latency ratio over BASE's: the median over the paired samples of each sample's ratio in
     HEAD over its ratio in BASE (each a median over the rounds), with a distribution-free 95% interval;
     from the runs' ratios alone (a point, no interval) when they carry no per-sample ratios."""
-    import statistics
-
     from pytest_quantreg.stats import median_ci_ranks
 
     common = set.intersection(*(set(r.sample_ratios) for r in (*base, *head))) if base and head else set()
@@ -339,8 +336,6 @@ def latency_change(base: tuple[LatencyRound, ...], head: tuple[LatencyRound, ...
 
 
 def _median_ratio(rounds: tuple[LatencyRound, ...]) -> float | None:
-    import statistics
-
     ratios = [r.ratio for r in rounds if r.ratio]
     return statistics.median(ratios) if ratios else None
 
