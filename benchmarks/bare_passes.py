@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.data import draw_sample, load_embedded, load_file, parse_sample_spec
+from pytest_quantreg.backends.base import BuildContext
+from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.evaluation import tokenize
-from pytest_quantreg.example import example_model
-from pytest_quantreg.models import label_names, load_tokenizer
-from pytest_quantreg.precisions import BuildContext
+from pytest_quantreg.measure.data import draw_sample, load_embedded, load_file, parse_sample_spec
+from pytest_quantreg.measure.example import example_model
+from pytest_quantreg.measure.inputs import tokenize
+from pytest_quantreg.measure.loading import label_names, load_tokenizer
 
 
 def main() -> None:

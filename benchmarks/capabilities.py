@@ -20,7 +20,7 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
-from pytest_quantreg.backends import builtin_registry
+from pytest_quantreg.backends.registry import builtin_registry
 
 CAPABILITIES = ("default", "avx2", "native")
 SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "--precision=all", "-p", "no:cacheprovider", "-q"]

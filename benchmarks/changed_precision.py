@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from pytest_quantreg.precisions import BuildContext, Builder, Registry
+from pytest_quantreg.backends.base import BuildContext, Builder
+from pytest_quantreg.backends.registry import Registry
 
 NAME = "int8-dynamic"
 OUTCOMES: dict[str, dict[str, str]] = {}
@@ -104,7 +105,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from pytest_quantreg.plugin import RUN
+    from pytest_quantreg.plugin.startup import RUN
 
     run = session.config.stash.get(RUN, None)
     out = os.environ.get("QUANTREG_BENCH_OUT")
@@ -112,4 +113,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     pairs = {name: m.paired_s for name, m in run.measurements.items() if m.paired_s}
     with open(out, "w", encoding="utf-8") as file:
-        json.dump({"outcomes": OUTCOMES, "pairs": pairs, "hardware_class": run.hardware.hardware_class}, file)
+        json.dump({"outcomes": OUTCOMES, "pairs": pairs, "hardware_class": run.subject.hardware.hardware_class}, file)

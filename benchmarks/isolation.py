@@ -28,16 +28,17 @@ from pathlib import Path
 
 import torch
 
-from pytest_quantreg import keep
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.data import draw_sample, load_embedded, load_file, parse_sample_spec
+from pytest_quantreg.backends.base import BuildContext
+from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.evaluation import Inputs, measure, tokenize
-from pytest_quantreg.example import example_model
-from pytest_quantreg.models import known_noise_filtered, label_names, load_tokenizer
-from pytest_quantreg.precisions import BuildContext
-from pytest_quantreg.stats import latency_ratio
-from pytest_quantreg.timing import settle
+from pytest_quantreg.judge.stats import latency_ratio
+from pytest_quantreg.measure import keep
+from pytest_quantreg.measure.data import draw_sample, load_embedded, load_file, parse_sample_spec
+from pytest_quantreg.measure.evaluation import measure
+from pytest_quantreg.measure.example import example_model
+from pytest_quantreg.measure.inputs import Inputs, tokenize
+from pytest_quantreg.measure.loading import known_noise_filtered, label_names, load_tokenizer
+from pytest_quantreg.measure.timing import settle
 
 
 def block(model: object, inputs: Inputs) -> dict[str, float]:

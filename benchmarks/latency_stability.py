@@ -20,9 +20,9 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.evaluation import spread
-from pytest_quantreg.stats import LatencyRatio, latency_ratio
+from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.judge.stats import LatencyRatio, latency_ratio
+from pytest_quantreg.measure.evaluation import spread
 
 NAME = "int8-dynamic"
 TEST = f"tests/test_quantization.py::test_latency[{NAME}]"

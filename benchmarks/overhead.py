@@ -44,9 +44,9 @@ def _bare(model, inputs) -> float:
 
 @pytest.mark.parametrize("round_", range(int(os.environ.get("QUANTREG_BENCH_ROUNDS", "6"))))
 def test_overhead(quantreg_run, quantreg_precision, quantreg_model, benchmark, round_) -> None:
-    from pytest_quantreg.evaluation import measure
+    from pytest_quantreg.measure.evaluation import measure
 
-    inputs = quantreg_run.inputs
+    inputs = quantreg_run.subject.inputs
 
     def plugin() -> float:
         result = measure(quantreg_model, inputs, precision=quantreg_precision, size_mb=0.0, warmup=5, benchmark=benchmark)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
-from pytest_quantreg.data import load_embedded
-from pytest_quantreg.example import example_model
-from pytest_quantreg.models import load_tokenizer
+from pytest_quantreg.measure.data import load_embedded
+from pytest_quantreg.measure.example import example_model
+from pytest_quantreg.measure.loading import load_tokenizer
 
 PRECISIONS = "fp32,fp16,int8-dynamic"
 SAMPLES = "788"

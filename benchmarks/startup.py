@@ -13,7 +13,7 @@ from measure import PYTHON, run
 COMMANDS = {
     "pytest --collect-only -q tests/test_quantization.py": [PYTHON, "-m", "pytest", "--collect-only", "-q", "tests/test_quantization.py"],
     "pytest --help": [PYTHON, "-m", "pytest", "--help"],
-    "example cache hit": [PYTHON, "-c", "from pytest_quantreg.example import example_model; print(example_model())"],
+    "example cache hit": [PYTHON, "-c", "from pytest_quantreg.measure.example import example_model; print(example_model())"],
     "python -c 'import pytest' (floor)": [PYTHON, "-c", "import pytest"],
 }
 

@@ -16,12 +16,13 @@ import time
 
 import torch
 
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.data import draw_sample, load_embedded, parse_sample_spec
-from pytest_quantreg.evaluation import Inputs, Measurement, length_buckets, measure, tokenize
-from pytest_quantreg.example import example_model
-from pytest_quantreg.models import known_noise_filtered, load_tokenizer
-from pytest_quantreg.precisions import BuildContext
+from pytest_quantreg.backends.base import BuildContext
+from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.measure.data import draw_sample, load_embedded, parse_sample_spec
+from pytest_quantreg.measure.evaluation import Measurement, measure
+from pytest_quantreg.measure.example import example_model
+from pytest_quantreg.measure.inputs import Inputs, length_buckets, tokenize
+from pytest_quantreg.measure.loading import known_noise_filtered, load_tokenizer
 
 SIZES = (1, 8, 32)
 

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _add_compare(commands: argparse._SubParsersAction) -> None:
-    from pytest_quantreg.compare import DEFAULT_FAIL_ON, METRICS
+    from pytest_quantreg.report.compare import DEFAULT_FAIL_ON, METRICS
 
     metrics = "; ".join(f"{name}: {what}" for name, what in METRICS.items())
     compare = commands.add_parser(
@@ -64,17 +64,18 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pytest_quantreg import compare
+    from pytest_quantreg.report import compare
+    from pytest_quantreg.report.benchmark_info import load_rounds
 
     thresholds = compare.parse_fail_on(args.fail_on)
-    result = compare.compare_runs(compare.load_rounds(args.base, args.storage), compare.load_rounds(args.head, args.storage), thresholds)
+    result = compare.compare_runs(load_rounds(args.base, args.storage), load_rounds(args.head, args.storage), thresholds)
     render = compare.render_markdown if args.markdown else compare.render_json if args.json else compare.render_text
     print(render(result))
     return 1 if result.regressions else 0
 
 
 def _build_example(force: bool, progress: bool) -> int:
-    from pytest_quantreg.example import example_model, read_manifest
+    from pytest_quantreg.measure.example import example_model, read_manifest
 
     started = time.perf_counter()
     folder = example_model(force=force, progress=progress)

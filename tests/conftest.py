@@ -112,7 +112,7 @@ def bitsandbytes_imported() -> None:
     imported twice in a process. In-process pytester runs drop the modules they imported, so they
     must be imported out here.
     """
-    from pytest_quantreg.models import LOAD_NOISE, quiet_loggers
+    from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
 
     for module in ("bitsandbytes", "torchao", "onnx", "onnxruntime", "onnxruntime.quantization"):
         if importlib.util.find_spec(module.partition(".")[0]) is not None:

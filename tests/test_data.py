@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantreg.data import (
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.measure.data import (
     EMBEDDED_LABELS,
     clean,
     draw_sample,
@@ -19,7 +20,6 @@ from pytest_quantreg.data import (
     load_file,
     parse_sample_spec,
 )
-from pytest_quantreg.errors import QuantregError
 
 LABELS = ("negative", "positive")
 

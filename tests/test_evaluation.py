@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_quantreg.data import draw_sample, load_file, parse_sample_spec
-from pytest_quantreg.evaluation import Inputs, length_buckets, measure, spread, tokenize
-from pytest_quantreg.models import load_classifier, load_tokenizer
+from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
+from pytest_quantreg.measure.evaluation import measure, spread
+from pytest_quantreg.measure.inputs import Inputs, length_buckets, tokenize
+from pytest_quantreg.measure.loading import load_classifier, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_partner_is_timed_just_before_each_paired_sample(tiny_model_dir: Path, t
 
 def test_partner_timings_are_its_own(tiny_model_dir: Path, tiny_inputs: Inputs) -> None:
     """A partner doing four times the work shows it in the pairs: the ratio is model over partner."""
-    from pytest_quantreg.stats import latency_ratio
+    from pytest_quantreg.judge.stats import latency_ratio
 
     model = load_classifier(tiny_model_dir)
     partner = load_classifier(tiny_model_dir)

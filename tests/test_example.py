@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_quantreg.example import CACHE_ENV, MANIFEST, example_model, read_manifest
 from pytest_quantreg.fileio import file_sha256
+from pytest_quantreg.measure.example import CACHE_ENV, MANIFEST, example_model, read_manifest
 
 BUILD = (
-    "import dataclasses; from pytest_quantreg.example import default_recipe, example_model; "
+    "import dataclasses; from pytest_quantreg.measure.example import default_recipe, example_model; "
     "recipe = dataclasses.replace(default_recipe(), epochs=1, train_limit={limit}); "
     "print(example_model(recipe=recipe, progress={progress}))"
 )

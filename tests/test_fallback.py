@@ -19,12 +19,13 @@ import torch
 from custom_precisions import CUSTOM_PRECISIONS
 
 from conftest import run_example
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.evaluation import tokenize
-from pytest_quantreg.models import known_noise_filtered, load_tokenizer
-from pytest_quantreg.precisions import BuildContext
-from pytest_quantreg.probe import Budget, BudgetExhausted, Probe, rebuilding, swapping
-from pytest_quantreg.units import model_units, onnx_nodes, set_change, settings
+from pytest_quantreg.backends.base import BuildContext
+from pytest_quantreg.backends.ort import onnx_nodes
+from pytest_quantreg.backends.registry import builtin_registry, keep_settings
+from pytest_quantreg.fallback.probe import Budget, BudgetExhausted, Probe, rebuilding, swapping
+from pytest_quantreg.fallback.units import model_units, set_change
+from pytest_quantreg.measure.inputs import tokenize
+from pytest_quantreg.measure.loading import known_noise_filtered, load_tokenizer
 
 CORRUPTED = "bert.encoder.layer.1.output.dense"
 
@@ -71,7 +72,7 @@ def test_units_group_query_key_value_and_name_keep_tokens() -> None:
 
 
 def test_settings_and_changes_are_written_for_each_backend() -> None:
-    pasted = settings(("head", "bert.pooler"), ("classifier", "bert.pooler.dense"))
+    pasted = keep_settings(("head", "bert.pooler"), ("classifier", "bert.pooler.dense"))
     assert pasted["pytest-quantreg"] == "--quantreg-keep-fp32=head,bert.pooler"
     assert "llm_int8_skip_modules=['bert.pooler.dense', 'classifier']" in pasted["bitsandbytes"]
     assert "fqn not in keep" in pasted["torchao"]
@@ -89,7 +90,7 @@ def test_settings_and_changes_are_written_for_each_backend() -> None:
 def test_restoring_by_swapping_modules_equals_rebuilding_with_them_kept(tiny_model_dir: Path, tiny_dataset: Path) -> None:
     """The search swaps FP32 modules into the one quantized model; that must be the model the
     precision builds with those layers kept in FP32."""
-    from pytest_quantreg.data import draw_sample, load_file, parse_sample_spec
+    from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
 
     int8 = builtin_registry()["int8-dynamic"]
     kept = ("classifier",)

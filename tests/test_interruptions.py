@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantreg import baselines
 from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.judge import baselines
 
 WRITER = textwrap.dedent(
     """
@@ -92,7 +92,7 @@ def test_file_size_limit_mid_write_fails_cleanly(tmp_path: Path) -> None:
         """
         import resource, signal, sys
         from pathlib import Path
-        from pytest_quantreg import baselines
+        from pytest_quantreg.judge import baselines
         from pytest_quantreg.errors import QuantregError
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us

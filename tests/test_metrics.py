@@ -15,9 +15,9 @@ import pytest
 from sklearn.metrics import f1_score, recall_score
 
 from conftest import EXAMPLE_TESTS, labelled_csv, save_tiny, tiny_logits, tiny_model, tiny_texts
-from pytest_quantreg.data import CleaningReport, Dataset, Example, SampleSpec, draw_sample
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.metrics import ACCURACY_METRIC, check_sample, class_metrics, flips_by_class, paired_drop, parse_metric
+from pytest_quantreg.judge.metrics import ACCURACY_METRIC, check_sample, class_metrics, flips_by_class, paired_drop, parse_metric
+from pytest_quantreg.measure.data import CleaningReport, Dataset, Example, SampleSpec, draw_sample
 
 LABELS = ["neutral", "negative", "positive"]
 TRUTH = [0, 0, 0, 0, 1, 1, 2, 2, 2, 0]

@@ -323,6 +323,27 @@ def test_benchmark_autosave_keeps_working(quantreg_pytester: pytest.Pytester) ->
     assert benchmark["extra_info"]["accuracy_drop_pp"] == 0.0
 
 
+def test_a_conftest_adds_to_extra_info_through_the_update_hook(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makeconftest(
+        """
+        def pytest_quantreg_update_extra_info(config, precision, extra_info):
+            extra_info["runner_pool"] = config.getini("quantreg_device") + "-pool"
+            extra_info["seen_precision"] = precision
+            extra_info["accuracy_seen"] = extra_info["accuracy"]
+        """
+    )
+    record_baseline(quantreg_pytester)
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "--benchmark-json=bench.json", "-k", "latency")
+    result.assert_outcomes(passed=2)
+    benchmarks = json.loads((quantreg_pytester.path / "bench.json").read_text())["benchmarks"]
+    assert {b["extra_info"]["seen_precision"] for b in benchmarks} == {"fp32", "int8-dynamic"}
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        assert info["runner_pool"] == "cpu-pool"
+        assert info["seen_precision"] == info["precision"] == bench["params"]["quantreg_precision"]
+        assert info["accuracy_seen"] == info["accuracy"]
+
+
 def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     # in a subprocess: plugin order (and so which summary prints last) is that of a real run
@@ -474,7 +495,7 @@ def test_collect_only_on_a_cpu_build_does_not_import_torch(quantreg_pytester: py
     command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "--device=auto", "--precision=all", "-p", "no:cacheprovider"]
     result = subprocess.run(command, cwd=quantreg_pytester.path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    from pytest_quantreg.backends import builtin_registry
+    from pytest_quantreg.backends.registry import builtin_registry
 
     assert f"{2 * len(builtin_registry().select('all', 'cpu'))} tests collected" in result.stdout  # every installed precision
     assert (quantreg_pytester.path / "torch-imported.txt").read_text() == "False"

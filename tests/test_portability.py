@@ -18,15 +18,15 @@ import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
 
-from pytest_quantreg import keep
-from pytest_quantreg.backends import builtin_registry
+from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.casts import bf16_blocked
+from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.example import CACHE_ENV, example_model, read_manifest
-from pytest_quantreg.failures import failing_library
 from pytest_quantreg.fileio import file_sha256
-from pytest_quantreg.models import known_noise_filtered
-from pytest_quantreg.precisions import BuildContext
+from pytest_quantreg.measure import keep
+from pytest_quantreg.measure.example import CACHE_ENV, example_model, read_manifest
+from pytest_quantreg.measure.failures import failing_library
+from pytest_quantreg.measure.loading import known_noise_filtered
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_BASELINE = REPO / "baselines" / "quantreg-example-minilm-tweets__tweets__n387-seed0-len128__cpu.json"
@@ -41,7 +41,7 @@ def capability_env(capability: str | None) -> dict[str, str]:
 # -- the example is the same model everywhere ---------------------------------------------------------
 
 SMOKE_BUILD = (
-    "import dataclasses; from pytest_quantreg.example import default_recipe, example_model; "
+    "import dataclasses; from pytest_quantreg.measure.example import default_recipe, example_model; "
     "print(example_model(recipe=dataclasses.replace(default_recipe(), epochs=1, train_limit=48), progress=False))"
 )
 
@@ -272,7 +272,7 @@ def test_library_failure_fails_its_precision_with_one_message(quantreg_pytester:
 
 def test_importing_bitsandbytes_shows_no_noise() -> None:
     """On AVX-512 BF16 CPUs bitsandbytes logs at import that the hub package 'kernels' is missing."""
-    code = "from pytest_quantreg.backends import builtin_registry; print(builtin_registry()['int4-nf4'].import_problem())"
+    code = "from pytest_quantreg.backends.registry import builtin_registry; print(builtin_registry()['int4-nf4'].import_problem())"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "None"
     assert "kernels" not in result.stderr, result.stderr

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_quantreg.evaluation import Measurement
-from pytest_quantreg.stats import (
+from pytest_quantreg.judge.stats import (
     Reference,
     compare,
     kl_mean,
@@ -17,6 +16,7 @@ from pytest_quantreg.stats import (
     median_ci_ranks,
     paired_drop_ci95,
 )
+from pytest_quantreg.measure.evaluation import Measurement
 
 
 def measurement(predictions: list[int], labels: list[int], probs: list[list[float]] | None = None) -> Measurement:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_quantreg import timing
-from pytest_quantreg.data import draw_sample, load_file, parse_sample_spec
-from pytest_quantreg.evaluation import Inputs, measure, tokenize
-from pytest_quantreg.models import load_classifier, load_tokenizer
+from pytest_quantreg.measure import timing
+from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
+from pytest_quantreg.measure.evaluation import measure
+from pytest_quantreg.measure.inputs import Inputs, tokenize
+from pytest_quantreg.measure.loading import load_classifier, load_tokenizer
 
 BUSY_SECONDS = 240  # the neighbours end by themselves at the latest after this
 
@@ -68,8 +69,8 @@ def test_repetitions_make_each_timing_last_long_enough() -> None:
 def test_onnx_runtime_next_to_fp32_leaves_fp32_its_own_speed(tiny_model_dir: Path, tiny_inputs: Inputs) -> None:
     """ONNX Runtime's pool, if left spinning, took the CPU from FP32's partner forwards (1 ms became 50)."""
     pytest.importorskip("onnxruntime")
-    from pytest_quantreg.backends import builtin_registry
-    from pytest_quantreg.precisions import BuildContext
+    from pytest_quantreg.backends.base import BuildContext
+    from pytest_quantreg.backends.registry import builtin_registry
 
     fp32 = load_classifier(tiny_model_dir)
     onnx = builtin_registry()["onnx-fp32"].build(BuildContext(tiny_model_dir, "cpu"))

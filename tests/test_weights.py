@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from pytest_quantreg.backends import builtin_registry
-from pytest_quantreg.models import known_noise_filtered
-from pytest_quantreg.precisions import BuildContext
-from pytest_quantreg.weights import dequantized_weight, error_metrics, linear_weights, weight_report
+from pytest_quantreg.backends.base import BuildContext
+from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.measure.loading import known_noise_filtered
+from pytest_quantreg.measure.weights import dequantized_weight, error_metrics, linear_weights, weight_report
 
 
 def metrics_by_hand(reference: np.ndarray, approx: np.ndarray) -> tuple[float, float, float, float]:

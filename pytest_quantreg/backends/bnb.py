@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pytest_quantreg.precisions import BuildContext, Builder, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
 
 if TYPE_CHECKING:
     import torch
 
 REQUIRES = ("bitsandbytes", "accelerate")
+BACKEND = Backend("bitsandbytes", lambda layers: f"BitsAndBytesConfig(..., llm_int8_skip_modules={sorted(layers)!r})")
 
 
 def _bnb(**config: Any) -> Builder:
@@ -40,7 +41,7 @@ def precisions() -> list[Precision]:
             max_latency_ratio={"cpu": 8.0, "cuda": 4.0},
             max_flip_rate=3.0,
             max_kl=0.01,
-            backend="bitsandbytes",
+            backend=BACKEND.name,
         ),
         *(
             Precision(
@@ -52,7 +53,7 @@ def precisions() -> list[Precision]:
                 max_latency_ratio={"cpu": 4.0, "cuda": 4.0},
                 max_flip_rate=10.0,
                 max_kl=0.1,
-                backend="bitsandbytes",
+                backend=BACKEND.name,
             )
             for kind, what in (("nf4", "NormalFloat"), ("fp4", "float"))
         ),

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_quantreg.precisions import BuildContext, Precision
+from pytest_quantreg.backends.base import BuildContext, Precision
 
 if TYPE_CHECKING:
     import torch

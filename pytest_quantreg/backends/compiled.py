@@ -3,7 +3,7 @@
 The model is compiled with dynamic shapes, in place (its module names stay FP32's, so
 ``--quantreg-keep-fp32``, the weight report and the fallback search see the same layers). Compilation
 happens on the first forward pass of each new input shape: the measurement's warmup runs one
-sample of every token count first (:func:`pytest_quantreg.evaluation.warmup_indices`), so no timed
+sample of every token count first (:func:`pytest_quantreg.measure.evaluation.warmup_indices`), so no timed
 round ever includes it.
 """
 
@@ -15,9 +15,9 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from pytest_quantreg.backends.base import COMPILE_SUFFIX, BuildContext, Precision
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.models import COMPILED
-from pytest_quantreg.precisions import COMPILE_SUFFIX, BuildContext, Precision
+from pytest_quantreg.measure.loading import COMPILED
 
 COMPILERS = ("g++", "c++", "clang++")
 

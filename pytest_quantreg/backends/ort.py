@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib.metadata
 import inspect
 import json
 import os
@@ -25,16 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.models import MB, quiet_loggers
-from pytest_quantreg.precisions import BuildContext, Builder, Precision
+from pytest_quantreg.measure.hardware import version
+from pytest_quantreg.measure.loading import MB, quiet_loggers
 
 if TYPE_CHECKING:
     import torch
 
 EXTRA = "onnx"
 REQUIRES = ("onnxruntime", "onnx")
-BACKEND = "onnxruntime"
+BACKEND = Backend(
+    "onnxruntime", lambda layers: f"quantize_dynamic(..., nodes_to_exclude={sorted(node for n in layers for node in onnx_nodes(n))!r})"
+)
 OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript)"
 
@@ -117,8 +119,8 @@ def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path,
     """The FP32 export of ``ctx``'s model (cached), and where each Linear layer's weight is in it.
 
     ``order`` names the graph's inputs; by default the model's own order (:func:`input_order`)."""
-    from pytest_quantreg.keep import meta_model
-    from pytest_quantreg.models import load_tokenizer
+    from pytest_quantreg.measure.keep import meta_model
+    from pytest_quantreg.measure.loading import load_tokenizer
 
     tokenizer = load_tokenizer(ctx.model_dir, ctx.trust_remote_code)
     encoding = dict(tokenizer("pytest-quantreg exports this", return_tensors="pt"))
@@ -147,12 +149,26 @@ def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Se
         )
 
 
+def onnx_nodes(layer: str) -> tuple[str, str, str]:
+    """The nodes ``torch.onnx.export`` (TorchScript exporter) names for Linear layer ``layer``: MatMul, or
+    Gemm for 2-D inputs (pooler, head), which ONNX Runtime's dynamic quantization first rewrites as a
+    MatMul named ``.../Gemm_MatMul``: ``bert.encoder.layer.0.output.dense`` ->
+    ``/bert/encoder/layer.0/output/dense/MatMul``. ONNX Runtime ignores excluded names it does not find."""
+    parts: list[str] = []
+    for part in layer.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += f".{part}"
+        else:
+            parts.append(part)
+    scope = "/" + "/".join(parts)
+    return f"{scope}/MatMul", f"{scope}/Gemm", f"{scope}/Gemm_MatMul"
+
+
 def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, StoredWeight]:
     """Linear layer -> its weight in the FP32 export: the MatMul's (``[in, out]``) or Gemm's input B."""
     import onnx
 
-    from pytest_quantreg.keep import linear_layers
-    from pytest_quantreg.units import onnx_nodes
+    from pytest_quantreg.measure.keep import linear_layers
 
     graph = onnx.load(str(path), load_external_data=False).graph
     nodes = {node.name: node for node in graph.node}
@@ -191,8 +207,7 @@ def quantize(fp32: Path, ctx: BuildContext) -> Path:
     range without VNNI, the kept layers' nodes excluded."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from pytest_quantreg.hardware import int8_reduce_range
-    from pytest_quantreg.units import onnx_nodes
+    from pytest_quantreg.measure.hardware import int8_reduce_range
 
     excluded = sorted(node for layer in ctx.keep_fp32 for node in onnx_nodes(layer))
     reduce_range = int8_reduce_range(ctx.device)
@@ -261,15 +276,8 @@ def _cuda_provider(device_type: str) -> str | None:
 
 
 def _key(settings: dict[str, Any]) -> str:
-    versions = {name: _version(name) for name in ("torch", "transformers", "onnx", "onnxruntime")}
+    versions = {name: version(name) or "not installed" for name in ("torch", "transformers", "onnx", "onnxruntime")}
     return hashlib.sha256(json.dumps({**settings, "versions": versions}, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _weights_digest(model_dir: Path) -> str:
@@ -290,7 +298,7 @@ def _cached(key: str, kind: str, write: Any) -> Path:
     under a file lock and renamed into place."""
     from filelock import FileLock
 
-    from pytest_quantreg.example import CACHE_ENV, cache_dir
+    from pytest_quantreg.measure.example import CACHE_ENV, cache_dir
 
     folder = cache_dir() / "onnx"
     try:
@@ -315,7 +323,7 @@ def _cached(key: str, kind: str, write: Any) -> Path:
 
 def precisions() -> list[Precision]:
     """onnx-fp32 (the export itself, gated like FP32: it catches a broken export) and onnx-int8-dynamic."""
-    common: dict[str, Any] = {"requires": REQUIRES, "extra": EXTRA, "backend": BACKEND, "unsupported": _cuda_provider}
+    common: dict[str, Any] = {"requires": REQUIRES, "extra": EXTRA, "backend": BACKEND.name, "unsupported": _cuda_provider}
     return [
         Precision(
             "onnx-fp32",

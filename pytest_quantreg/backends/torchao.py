@@ -3,7 +3,7 @@ int8 weights, int8 weight-only, and int4 weight-only where torchao has a kernel 
 
 Layers kept in FP32 (``--quantreg-keep-fp32``) are left out through ``quantize_``'s ``filter_fn``.
 Without VNNI, int8 activations are quantized to a reduced range (``reduce_range``), as torchao
-advises, so that the int8 products do not overflow: see :func:`pytest_quantreg.hardware.int8_reduce_range`.
+advises, so that the int8 products do not overflow: see :func:`pytest_quantreg.measure.hardware.int8_reduce_range`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
 from pytest_quantreg.backends.compiled import compiled
-from pytest_quantreg.precisions import BuildContext, Builder, Precision
 
 if TYPE_CHECKING:
     import torch
 
 EXTRA = "torchao"
-BACKEND = "torchao"
+BACKEND = Backend(
+    "torchao",
+    lambda layers: (
+        f"keep = {sorted(layers)!r}; quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in keep)"
+    ),
+)
 
 
 def _quantized(config: Callable[[BuildContext], Any]) -> Builder:
@@ -38,7 +43,7 @@ def _quantized(config: Callable[[BuildContext], Any]) -> Builder:
 def _int8_dynamic(ctx: BuildContext) -> Any:
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig
 
-    from pytest_quantreg.hardware import int8_reduce_range
+    from pytest_quantreg.measure.hardware import int8_reduce_range
 
     return Int8DynamicActivationInt8WeightConfig(reduce_range=int8_reduce_range(ctx.device))
 
@@ -76,7 +81,8 @@ def precisions() -> list[Precision]:
     """
     # eager torchao's speed differs from one process to the next (the paired ratio of int8 dynamic ranged
     # 1.49-1.96 over five runs on one machine, int8 weight-only 1.06-1.38): its recorded-ratio gate allows 40%
-    common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND, "compilable": True, "max_latency_increase": 40.0}
+    common: dict[str, Any] = {"requires": (EXTRA,), "extra": EXTRA, "backend": BACKEND.name, "compilable": True}
+    common["max_latency_increase"] = 40.0
     int8_dynamic = Precision(
         "torchao-int8-dynamic",
         _quantized(_int8_dynamic),

@@ -1,0 +1,130 @@
+"""What a precision is and how one is built: the types every backend module and user precision share.
+
+A precision turns a model folder into something that maps a tokenized sample to logits on a
+device and knows its size: a torch module, or an object such as an ONNX Runtime session (see
+:func:`pytest_quantreg.measure.loading.device_of`). The built-ins live in :mod:`pytest_quantreg.backends`,
+one module per quantization backend, and :mod:`pytest_quantreg.backends.registry` names them; users add
+their own through the ``pytest_quantreg_precisions`` hook (see :mod:`pytest_quantreg.plugin.hookspec`). A
+precision marked ``compilable`` (its build gives a torch module) also runs under ``torch.compile`` as
+``NAME+compile``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+COMPILE_SUFFIX = "+compile"
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a build function gets: the FP32 model folder, the target device, whether the folder's
+    own code may run (``--quantreg-trust-remote-code``), and the Linear layers to keep in FP32
+    (``--quantreg-keep-fp32`` resolved to module names; by default the output head)."""
+
+    model_dir: Path
+    device: str
+    trust_remote_code: bool = False
+    keep_fp32: tuple[str, ...] = ()
+
+    def keeps(self, module_name: str) -> bool:
+        """Whether the Linear layer ``module_name`` is to stay in FP32."""
+        return module_name in self.keep_fp32
+
+    def load(self, **kwargs: Any) -> torch.nn.Module:
+        """Load the model folder (offline, safetensors) with extra ``from_pretrained`` arguments.
+
+        Without a ``device_map`` the model is moved to :attr:`device`.
+        """
+        from pytest_quantreg.measure.loading import load_classifier
+
+        model: torch.nn.Module = load_classifier(self.model_dir, trust_remote_code=self.trust_remote_code, **kwargs)
+        return model if "device_map" in kwargs else model.to(self.device)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A quantization library, named as the fallback report names it, and the setting of its own API
+    that keeps the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code)."""
+
+    name: str
+    keep_setting: Callable[[Sequence[str]], str]
+
+
+Builder = Callable[[BuildContext], Any]  # a torch module, or an object with __call__(**encoding) -> .logits, device, size_mb()
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A named way to build a model, with the gates that apply to it by default."""
+
+    name: str
+    build: Builder
+    devices: frozenset[str] = frozenset({"cpu", "cuda"})
+    description: str = ""
+    max_drop: float = 1.0
+    max_latency_ratio: Mapping[str, float] = field(default_factory=dict)
+    requires: tuple[str, ...] = ()
+    max_flip_rate: float | None = None
+    max_kl: float | None = None
+    max_latency_increase: float | None = 10.0
+    backend: str = ""  # whose API keeps layers in FP32 (the fallback search prints that setting): a Backend's name
+    extra: str = ""  # the pytest-quantreg extra that installs ``requires`` (torchao, onnx); "" for core dependencies
+    unsupported: Callable[[str], str | None] | None = None  # why it cannot run on a device type here, beyond devices/requires
+    compilable: bool = False  # its build gives a torch module that torch.compile can run: NAME+compile is offered
+
+    def missing(self) -> str | None:
+        """The first package it needs that is not installed, or None."""
+        return next((module for module in self.requires if importlib.util.find_spec(module) is None), None)
+
+    def installed(self) -> bool:
+        """Whether the packages it needs are installed (``all`` leaves out precisions of missing extras)."""
+        return self.missing() is None
+
+    def unavailable_reason(self, device_type: str) -> str | None:
+        """Why this precision cannot run on ``device_type`` here, or None when it can."""
+        if device_type not in self.devices:
+            return f"{self.name} does not run on {device_type} (runs on: {', '.join(sorted(self.devices))})"
+        module = self.missing()
+        if module is not None:
+            command = f"pip install 'pytest-quantreg[{self.extra}]'" if self.extra else f"pip install {module}"
+            return f"{self.name} needs the '{module}' package, which is not installed (`{command}`)"
+        return self.unsupported(device_type) if self.unsupported is not None else None
+
+    def import_problem(self) -> str | None:
+        """Why a required library that is installed cannot be imported, or None when all import."""
+        for module in self.requires:
+            try:
+                _quiet_import(module)
+            except Exception as exc:  # a broken install fails in many ways (ImportError, OSError, RuntimeError)
+                return (
+                    f"{self.name} needs '{module}', which is installed but fails to import ({type(exc).__name__}: {exc}); "
+                    f"reinstall it (`pip install --force-reinstall {module}`) or leave {self.name} out of --precision"
+                )
+        return None
+
+    def default_limit(self, key: str, device_type: str) -> float | None:
+        """This precision's default for the gate ``key`` on ``device_type`` (None: not gated by default)."""
+        if key == "max_latency_ratio":
+            return self.max_latency_ratio.get(device_type)
+        if key == "max_latency_increase":
+            return self.max_latency_increase
+        return {"max_drop": self.max_drop, "max_flip_rate": self.max_flip_rate, "max_kl": self.max_kl}.get(key)
+
+
+def _quiet_import(module: str) -> None:
+    """Import ``module`` with its loggers' warnings held back: on AVX-512 BF16 CPUs bitsandbytes logs at
+    import that an optional kernel package (fetched from a hub) is missing, and torchao that its
+    CUDA-only extensions do not load; neither says anything about the model under test."""
+    from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
+
+    with quiet_loggers(module, *LOAD_NOISE):
+        importlib.import_module(module)

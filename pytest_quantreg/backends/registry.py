@@ -1,0 +1,156 @@
+"""The registry: precisions by name, their aliases, the default selection and the built-ins.
+
+The built-in precisions come from one module per backend (:mod:`.casts`, :mod:`.torch_dynamic`,
+:mod:`.bnb`, :mod:`.torchao`, :mod:`.ort`); each module's ``precisions()`` lists what it offers and its
+``BACKEND`` how its API keeps layers in FP32. Adding a backend is one module and one line in
+:data:`BUILTIN`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from pytest_quantreg.backends import bnb, casts, ort, torch_dynamic, torchao
+from pytest_quantreg.backends.base import COMPILE_SUFFIX, Builder, Precision
+from pytest_quantreg.backends.compiled import compiled
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.measure import keep
+
+ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
+    "cpu": {"int8": "int8-dynamic", "int4": "int4-nf4"},
+    "cuda": {"int8": "int8-bnb", "int4": "int4-nf4"},
+}
+DEFAULT_PRECISIONS = "fp32,fp16,int8"
+BUILTIN: tuple[ModuleType, ...] = (casts, torch_dynamic, bnb, torchao, ort)  # in the order ``all`` runs them
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+
+
+class Registry:
+    """Precisions by name, in registration order."""
+
+    def __init__(self, precisions: Iterable[Precision] = ()) -> None:
+        self._items: dict[str, Precision] = {}
+        for precision in precisions:
+            self.add(precision)
+
+    def add(self, precision: Precision) -> None:
+        if not _NAME.match(precision.name):
+            raise QuantregError(f"precision name {precision.name!r} must be lower-case letters, digits, '.', '_' or '-'")
+        if precision.name in self._items or precision.name in {"all", *ALIASES_BY_DEVICE["cpu"]}:
+            raise QuantregError(f"precision {precision.name!r} is already registered; choose another name")
+        self._items[precision.name] = precision
+
+    def register(
+        self,
+        name: str,
+        build: Builder,
+        *,
+        devices: Iterable[str] = ("cpu", "cuda"),
+        description: str = "",
+        max_drop: float = 1.0,
+        max_latency_ratio: Mapping[str, float] | None = None,
+        requires: Iterable[str] = (),
+        max_flip_rate: float | None = None,
+        max_kl: float | None = None,
+        max_latency_increase: float | None = 10.0,
+        backend: str = "",
+        compilable: bool = False,
+    ) -> None:
+        """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
+        devices = frozenset(devices)
+        if not devices or not devices <= {"cpu", "cuda"}:
+            raise QuantregError(f"precision {name!r}: devices must be a subset of cpu, cuda; got {sorted(devices)}")
+        self.add(
+            Precision(
+                name=name,
+                build=build,
+                devices=devices,
+                description=description,
+                max_drop=max_drop,
+                max_latency_ratio=dict(max_latency_ratio or {}),
+                requires=tuple(requires),
+                max_flip_rate=max_flip_rate,
+                max_kl=max_kl,
+                max_latency_increase=max_latency_increase,
+                backend=backend,
+                compilable=compilable,
+            )
+        )
+
+    def replace(self, name: str, **changes: Any) -> None:
+        """Change a registered precision: wrap a built-in's build, or change its default gates, e.g.
+        ``registry.replace("int8-dynamic", build=compiled(registry["int8-dynamic"].build))``."""
+        if name not in self._items:
+            raise QuantregError(f"no precision {name!r} to replace; registered: {', '.join(self.names())}")
+        self._items[name] = dataclasses.replace(self._items[name], **changes)
+
+    def __getitem__(self, name: str) -> Precision:
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return list(self._items)
+
+    def canonical(self, name: str, device_type: str) -> str:
+        """The registered name for ``name`` or an alias on this device type; ``NAME+compile`` of a
+        precision that builds a torch module is registered on first use."""
+        key = name.strip().lower()
+        key = ALIASES_BY_DEVICE[device_type].get(key, key)
+        base = key.removesuffix(COMPILE_SUFFIX)
+        if key not in self._items and key != base and base in self._items and self._items[base].compilable:
+            self.add(compiled(self._items[base]))
+        if key not in self._items:
+            valid = ", ".join([*self.names(), *ALIASES_BY_DEVICE[device_type], "all"])
+            compilable = [n for n in self.names() if self._items[n].compilable]
+            more = f" (and NAME+compile of {_abbreviated(compilable)})" if compilable else ""
+            raise QuantregError(f"unknown precision {name.strip()!r}; valid names: {valid}{more}")
+        return key
+
+    def select(self, spec: str, device_type: str) -> list[str]:
+        """Resolve a comma-separated list of names, aliases and ``all`` (every precision whose packages are
+        installed); FP32 first, no repeats."""
+        chosen: list[str] = []
+        for raw in filter(None, (part.strip() for part in spec.split(","))):
+            expanded = [n for n in self.names() if self[n].installed()] if raw.lower() == "all" else [self.canonical(raw, device_type)]
+            chosen.extend(n for n in expanded if n not in chosen)
+        if not chosen:
+            raise QuantregError(f"no precision selected in {spec!r}; name at least one, e.g. --precision=fp32,int8")
+        return sorted(chosen, key=lambda n: n != "fp32")
+
+
+def _abbreviated(names: list[str]) -> str:
+    """``fp32, fp16, torchao-*``: names that share a prefix up to their first '-' with two others folded into one."""
+    prefixes = [name.split("-", 1)[0] for name in names]
+    shown: list[str] = []
+    for name, prefix in zip(names, prefixes, strict=True):
+        item = f"{prefix}-*" if "-" in name and prefixes.count(prefix) > 2 else name
+        if item not in shown:
+            shown.append(item)
+    return ", ".join(shown)
+
+
+def builtin_registry() -> Registry:
+    """The built-in precisions with their documented default gates, in the order ``all`` runs them.
+
+    The gates of the seed's precisions were set from the example measured under
+    ATEN_CPU_CAPABILITY=default, avx2 and AVX512 on one machine (benchmarks/capabilities.py;
+    benchmarks/RESULTS.md, section 8): every default passes all three with headroom, and a broken
+    int8 fails on all three. Latency ratios are medians of per-sample ratios to FP32 timed back to
+    back in the same run; a slowdown of any precision is caught by ``max_latency_increase`` against
+    the ratio recorded for the same hardware class.
+    """
+    return Registry([precision for module in BUILTIN for precision in module.precisions()])
+
+
+def keep_settings(tokens: Sequence[str], layers: Sequence[str]) -> dict[str, str]:
+    """The setting that keeps ``layers`` in FP32: this plugin's option (``tokens``), then each built-in
+    backend's own API, by the backend's name."""
+    settings = {"pytest-quantreg": f"{keep.OPTION}={keep.describe(tokens)}"}
+    for module in BUILTIN:
+        backend = getattr(module, "BACKEND", None)
+        if backend is not None:
+            settings[backend.name] = backend.keep_setting(layers)
+    return settings

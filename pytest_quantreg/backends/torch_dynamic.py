@@ -1,0 +1,46 @@
+"""torch.ao's eager dynamic quantization (``quantize_dynamic``, qint8 weights): deprecated in torch 2.13
+in favour of torchao (:mod:`.torchao`), and still the fastest int8 path of eager PyTorch on a CPU."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_quantreg.backends.base import Backend, BuildContext, Precision
+
+if TYPE_CHECKING:
+    import torch
+
+BACKEND = Backend(
+    "torch.ao quantize_dynamic",
+    lambda layers: (
+        f"keep = {sorted(layers)!r}; quantize_dynamic(model, {{n for n, m in model.named_modules() "
+        "if isinstance(m, torch.nn.Linear) and n not in keep}, dtype=torch.qint8)"
+    ),
+)
+
+
+def _int8_dynamic(ctx: BuildContext) -> torch.nn.Module:
+    import torch
+
+    model = ctx.load()
+    linear = {name for name, module in model.named_modules() if type(module) is torch.nn.Linear and not ctx.keeps(name)}
+    return torch.ao.quantization.quantize_dynamic(model, linear, dtype=torch.qint8)
+
+
+def precisions() -> list[Precision]:
+    """int8-dynamic. Its defaults passed the example under all three CPU capabilities with headroom (flips
+    15% against 10.59%, drop 6.0 against 4.13 points); its 0.9 latency limit is a speed contract (0.43
+    with VNNI, 0.8 with AVX2 only)."""
+    return [
+        Precision(
+            "int8-dynamic",
+            _int8_dynamic,
+            devices=frozenset({"cpu"}),
+            max_drop=6.0,
+            description="torch quantize_dynamic (qint8) on the Linear layers",
+            max_latency_ratio={"cpu": 0.9},
+            max_flip_rate=15.0,
+            max_kl=0.1,
+            backend=BACKEND.name,
+        )
+    ]

@@ -1,0 +1,144 @@
+"""The ``quantreg`` fixture's value: the checks of one test at one precision."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.judge.gates import FP32, Limit, agreement, check_accuracy, check_latency, gate_failures
+from pytest_quantreg.judge.stats import Agreement, LatencyRatio
+from pytest_quantreg.measure.evaluation import Measurement
+from pytest_quantreg.measure.failures import LibraryFailure
+from pytest_quantreg.plugin import xdist
+from pytest_quantreg.plugin.marker import GATE_KEYS
+from pytest_quantreg.report.benchmark_info import extra_info
+from pytest_quantreg.run.session import QuantregRun
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_quantreg.fallback.result import Fallback
+
+T = TypeVar("T")
+
+
+class Quantreg:
+    """The checks of one test at one precision."""
+
+    def __init__(self, request: pytest.FixtureRequest, run: QuantregRun, precision: str, marker: dict[str, Any]) -> None:
+        self._request = request
+        self._run = run
+        self._marker = marker
+        self.precision = precision
+        own = marker.get("keep_fp32")
+        self.keep_fp32: tuple[str, ...] = own if own is not None else run.settings.keep_fp32
+        self.label = run.builds.label(precision, self.keep_fp32)  # the precision's name, or name[keep-fp32=...] for a marker's own set
+
+    @property
+    def model(self) -> torch.nn.Module:
+        if self.label == self.precision:
+            return self._request.getfixturevalue("quantreg_model")
+        return user_errors(lambda: self._run.builds.variant(self.precision, self.keep_fp32), self._run)
+
+    def limit(self, key: str) -> Limit:
+        """The threshold of gate ``key`` (e.g. ``max_drop``, ``max_flip_rate``) for this precision, and its source."""
+        if key not in GATE_KEYS:
+            raise ValueError(f"unknown gate {key!r}; gates: {', '.join(GATE_KEYS)}")
+        marker = self._marker.get(key)
+        if isinstance(marker, Mapping):
+            marker = marker.get(self.precision)
+        default = self._run.registry[self.precision].default_limit(key, self._run.settings.device_type)
+        value, source = self._run.settings.limits[key].lookup(self.precision, marker, default)
+        return Limit(value, source)
+
+    def measure(self, timed: bool = False) -> Measurement:
+        """The pass at this precision: reused within the session, timed through pytest-benchmark when asked."""
+        model = self.model  # built before pytest-benchmark's fixture is asked for: a failed build leaves it unrequested
+        benchmark = self._benchmark() if timed else None
+        result = user_errors(lambda: self._run.measure(self.label, model, benchmark, timed), self._run)
+        if benchmark is not None:
+            self._record_extra_info(benchmark, result)
+        return result
+
+    def check_accuracy(self) -> Agreement:
+        """Fail when the predictions regressed against the stored FP32 baseline (accuracy drop, relative
+        accuracy, flip rate, mean KL; significance-aware with ``alpha``); return the paired statistics.
+
+        With ``--quantreg-fallback`` a failing precision gets a fallback search: ``report`` names the set
+        of units to keep in FP32 in the failure, ``enforce`` judges the precision with that set applied."""
+        __tracebackhide__ = True
+        run = self._run
+        baseline = user_errors(run.baseline)
+        result = self.measure()
+        limits = {key: self.limit(key) for key in GATE_KEYS}
+        metric, labels = run.subject.metric, run.subject.labels
+        context = ""
+        if run.settings.fallback != "off" and self.precision != FP32:
+            stats = user_errors(lambda: agreement(result, baseline, metric, labels))
+            if gate_failures(stats, limits)[0]:
+                from pytest_quantreg.report.terminal import fallback_context
+
+                found = self._fallback(limits)
+                applied = run.measurements.get(f"{self.label}[fallback]") if run.settings.fallback == "enforce" else None
+                context = fallback_context(found, enforced=applied is not None)
+                if applied is not None:
+                    result = dataclasses.replace(applied, precision=self.precision)
+        return check_accuracy(result, baseline, limits, metric, labels, context)
+
+    def fallback(self) -> Fallback:
+        """This precision's fallback search (see the ``quantreg_fallback`` fixture), once per session."""
+        return self._fallback({key: self.limit(key) for key in GATE_KEYS})
+
+    def _fallback(self, limits: Mapping[str, Limit]) -> Fallback:
+        run = self._run
+        model = self.model
+        cap = self._marker.get("max_fp32_units")
+        return user_errors(lambda: run.fallback(run.registry[self.precision], self.label, self.keep_fp32, model, limits, cap), run)
+
+    def check_latency(self) -> LatencyRatio:
+        """Fail when the latency ratio to FP32 (same run) is above the limit beyond noise; return it."""
+        __tracebackhide__ = True
+        if xdist.is_worker(self._request.config):
+            pytest.skip(
+                f"latency gate for {self.precision} not judged under pytest-xdist: pytest-benchmark does not time in workers "
+                "and parallel workers share the CPU; run the latency tests without -n (e.g. pytest -k latency)"
+            )
+        result = self.measure(timed=True)
+        increase = self.limit("max_latency_increase")
+        # FP32 is the reference, and a run that records ratios does not judge against the old ones
+        judge_record = self.precision != FP32 and increase.value is not None and not self._run.settings.records_latency
+        record = self._run.latency_record(self.label) if judge_record else None
+        return check_latency(result, self.limit("max_latency_ratio"), increase, record, self._run.subject.hardware.hardware_class)
+
+    def _benchmark(self) -> Any | None:
+        if not self._request.config.pluginmanager.hasplugin("benchmark"):
+            return None
+        return self._request.getfixturevalue("benchmark")
+
+    def _record_extra_info(self, benchmark: Any, result: Measurement) -> None:
+        run = self._run
+        benchmark.group = f"quantreg {run.subject.model_name} {run.settings.device_type}"
+        baseline = run.store.usable()
+        against = None
+        if baseline is not None:
+            against = (user_errors(lambda: agreement(result, baseline, run.subject.metric, run.subject.labels)), baseline)
+        info = extra_info(run, self.label, self.keep_fp32, result, against)
+        self._request.config.hook.pytest_quantreg_update_extra_info(config=self._request.config, precision=self.label, extra_info=info)
+        benchmark.extra_info.update(info)
+
+
+def user_errors(call: Callable[[], T], run: QuantregRun | None = None) -> T:
+    """Run ``call``; a user mistake fails the test with its message instead of a traceback, and so does
+    a library's crash (its traceback shown under the message with -v or --tb=long)."""
+    __tracebackhide__ = True
+    try:
+        return call()
+    except QuantregError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except LibraryFailure as exc:
+        tracebacks = run is not None and run.settings.library_tracebacks
+        raise pytest.fail.Exception(str(exc), pytrace=tracebacks) from (exc.__cause__ if tracebacks else None)

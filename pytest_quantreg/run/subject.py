@@ -1,0 +1,120 @@
+"""What a run measures: the model folder, its labels, the data set and its sample, the metric, the
+tokenized inputs, the hashes that make a baseline reproducible, and the hardware.
+
+Each is loaded on first use and once: collecting tests reads nothing, and a dormant run nothing at all.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.judge.baselines import Provenance
+from pytest_quantreg.judge.metrics import Metric, check_sample, parse_metric
+from pytest_quantreg.measure.data import EMBEDDED_LABELS, Dataset, Sample, draw_sample, load_embedded, load_file
+
+if TYPE_CHECKING:
+    from pytest_quantreg.measure.hardware import Hardware
+    from pytest_quantreg.measure.inputs import Inputs
+    from pytest_quantreg.settings import Settings
+
+EXAMPLE_NAME = "quantreg-example-minilm-tweets"
+
+
+class Subject:
+    """The model, data and hardware of one run, from its settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @functools.cached_property
+    def model_dir(self) -> Path:
+        """The model under test: the user's folder, or the example (built on first use)."""
+        if self.settings.model is not None:
+            return self.settings.model
+        from pytest_quantreg.measure.example import example_model
+
+        return example_model(progress=True)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.model.name if self.settings.model is not None else EXAMPLE_NAME
+
+    @functools.cached_property
+    def labels(self) -> tuple[str, ...]:
+        """Label names by id: the example's are known; a user model's come from its config.json."""
+        if self.settings.model is None:
+            return EMBEDDED_LABELS
+        from pytest_quantreg.measure.loading import label_names
+
+        return label_names(self.model_dir)
+
+    @functools.cached_property
+    def dataset(self) -> Dataset:
+        s = self.settings
+        dataset = load_embedded() if s.dataset is None else load_file(s.dataset, self.labels, s.text_column, s.label_column)
+        if len(dataset.labels) != len(self.labels):
+            raise QuantregError(
+                f"the model in {self.model_dir} has {len(self.labels)} labels {list(self.labels)} but data set "
+                f"{dataset.name} has {len(dataset.labels)} {list(dataset.labels)}; use a model trained for these labels"
+            )
+        return dataset
+
+    @functools.cached_property
+    def sample(self) -> Sample:
+        return draw_sample(self.dataset, self.settings.samples, self.settings.seed)
+
+    @functools.cached_property
+    def metric(self) -> Metric:
+        """``--quantreg-metric`` for this model's classes, checked against the sample."""
+        metric = parse_metric(self.settings.metric, self.labels)
+        check_sample(metric, [e.label for e in self.sample.examples], self.labels)
+        return metric
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        from pytest_quantreg.measure.weights import weights_sha256
+
+        return weights_sha256(self.model_dir)
+
+    @functools.cached_property
+    def inputs(self) -> Inputs:
+        from pytest_quantreg.measure.inputs import tokenize
+        from pytest_quantreg.measure.loading import load_tokenizer
+
+        return tokenize(load_tokenizer(self.model_dir, self.settings.trust_remote_code), self.sample, self.settings.max_length)
+
+    @functools.cached_property
+    def recipe_key(self) -> str | None:
+        """The embedded example's recipe key (None for the user's own model)."""
+        if self.settings.model is not None:
+            return None
+        from pytest_quantreg.measure.example import recipe_key
+
+        return recipe_key(self.model_dir)
+
+    @functools.cached_property
+    def provenance(self) -> Provenance:
+        return Provenance(
+            model=self.model_name,
+            weights_sha256=self.weights_sha256,
+            dataset=self.dataset.name,
+            dataset_sha256=self.dataset.sha256,
+            sample_spec=str(self.settings.samples),
+            seed=self.settings.seed,
+            sample_sha256=self.sample.sha256,
+            n_samples=len(self.sample),
+            max_length=self.settings.max_length,
+            labels=self.labels,
+            device_type=self.settings.device_type,
+            recipe=self.recipe_key,
+        )
+
+    @functools.cached_property
+    def hardware(self) -> Hardware:
+        """The device this run measures on, as kernels and timings depend on it."""
+        from pytest_quantreg.measure.hardware import detect
+
+        return detect(self.settings.device)
