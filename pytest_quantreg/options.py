@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_quantreg.backends.registry import DEFAULT_PRECISIONS
+from pytest_quantreg.backends.registry import ALIASES_BY_DEVICE, DEFAULT_PRECISIONS, builtin_registry
 from pytest_quantreg.measure import keep
 
 FALLBACK_MODES = ("off", "report", "enforce")
@@ -24,8 +24,8 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "--quantreg-precision",
         "quantreg_precision",
         DEFAULT_PRECISIONS,
-        "Comma-separated precisions to test: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, "
-        "aliases int8 and int4, or all (default: %(default)s)",
+        "Comma-separated precisions to test: %(precisions)s, those a conftest.py registers, NAME+compile of the "
+        "compilable ones, the aliases %(aliases)s, or all (default: %(default)s)",
     ),
     (
         "--quantreg-device",
@@ -142,6 +142,12 @@ _FLAGS: list[tuple[str, str, str]] = [
         "Record this run's latency ratios for this hardware class in the existing baseline; FP32's outcome there is left as it is",
     ),
     (
+        "--quantreg-accept-reference",
+        "quantreg_accept_reference",
+        "Record and judge against an FP32 reference that fails the sanity checks (at or below chance, labels never "
+        "predicted, a tokenizer that is not the model's); off unless given",
+    ),
+    (
         "--quantreg-trust-remote-code",
         "quantreg_trust_remote_code",
         "Allow a model folder's own Python code (auto_map) to run when it loads; off unless given (read that code first)",
@@ -198,7 +204,8 @@ def add_options(parser: pytest.Parser) -> None:
     :func:`add_short_options`)."""
     group = parser.getgroup(GROUP, "quantization regression (pytest-quantreg)")
     for option, ini, default, help_text in _VALUED:
-        group.addoption(option, dest=ini, default=None, metavar=option.rsplit("-", 1)[-1].upper(), help=help_text % {"default": default})
+        text = help_text % {"default": default, **_registered()}
+        group.addoption(option, dest=ini, default=None, metavar=option.rsplit("-", 1)[-1].upper(), help=text)
         parser.addini(ini, help_text.split(" (default")[0].split(":")[0], default=default)
     for gate in GATES:
         help_text = f"{gate.help}: N for every precision or NAME=N,... per precision".replace("%", "%%")  # argparse formats help
@@ -207,6 +214,15 @@ def add_options(parser: pytest.Parser) -> None:
     for option, ini, help_text in _FLAGS:
         group.addoption(option, dest=ini, action="store_true", default=None, help=help_text)
         parser.addini(ini, help_text, type="bool", default=False)
+
+
+def _registered() -> dict[str, str]:
+    """The built-in precisions and the aliases, as ``--help`` lists them."""
+    aliases = [
+        f"{alias} ({' on cpu, '.join(by_device[alias] for by_device in ALIASES_BY_DEVICE.values())} on cuda)"
+        for alias in ALIASES_BY_DEVICE["cpu"]
+    ]
+    return {"precisions": ", ".join(builtin_registry().names()), "aliases": ", ".join(aliases)}
 
 
 def add_short_options(parser: pytest.Parser) -> tuple[str, ...]:
@@ -222,7 +238,11 @@ def add_short_options(parser: pytest.Parser) -> tuple[str, ...]:
             continue
         ini, default, help_text = next((ini, default, text) for option, ini, default, text in _VALUED if option == own)
         group.addoption(
-            short, dest=ini, default=None, metavar=short.lstrip("-").upper(), help=f"Same as {own}: " + help_text % {"default": default}
+            short,
+            dest=ini,
+            default=None,
+            metavar=short.lstrip("-").upper(),
+            help=f"Same as {own}: " + help_text % {"default": default, **_registered()},
         )
     return tuple(yielded)
 

@@ -66,7 +66,8 @@ class Settings:
     batch_size: int
     latency_pairs: int
     metric: str
-    keep_fp32: tuple[str, ...]
+    keep_fp32: tuple[str, ...]  # the layers every precision that quantizes Linear layers keeps in FP32 ...
+    keep_by_precision: dict[str, tuple[str, ...]]  # ... unless it has its own setting here
     fallback: str
     fallback_max_passes: int
     fallback_max_seconds: float
@@ -76,6 +77,7 @@ class Settings:
     update_baselines: bool
     record_latency: bool
     trust_remote_code: bool
+    accept_reference: bool
     weights_report: Path | None
     report_dir: Path | None
     limits: dict[str, Limits]
@@ -90,9 +92,14 @@ class Settings:
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
+    def keep_for(self, precision: str) -> tuple[str, ...]:
+        """The ``--quantreg-keep-fp32`` tokens of ``precision``: its own setting, else every precision's."""
+        return self.keep_by_precision.get(precision, self.keep_fp32)
+
     def with_canonical_limits(self, canonical_name: Callable[[str], str]) -> Settings:
-        """Settings whose threshold keys name registered precisions."""
-        return replace(self, limits={key: limits.canonical(canonical_name) for key, limits in self.limits.items()})
+        """Settings whose threshold and keep-setting keys name registered precisions."""
+        limits = {key: limits.canonical(canonical_name) for key, limits in self.limits.items()}
+        return replace(self, limits=limits, keep_by_precision={canonical_name(k): v for k, v in self.keep_by_precision.items()})
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -111,6 +118,7 @@ def resolve(config: pytest.Config) -> Settings:
         return bool(value if value is not None else config.getini(ini))
 
     try:
+        keep_setting = keep.parse_setting(get("quantreg_keep_fp32"))
         return Settings(
             precision=get("quantreg_precision"),
             device=_device(get("quantreg_device")),
@@ -125,7 +133,8 @@ def resolve(config: pytest.Config) -> Settings:
             batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),
             latency_pairs=_integer("--quantreg-latency-pairs", get("quantreg_latency_pairs"), minimum=MIN_PAIRS),
             metric=get("quantreg_metric"),
-            keep_fp32=keep.parse(get("quantreg_keep_fp32")),
+            keep_fp32=keep_setting[0],
+            keep_by_precision=keep_setting[1],
             fallback=_choice("--quantreg-fallback", get("quantreg_fallback"), FALLBACK_MODES),
             fallback_max_passes=_integer("--quantreg-fallback-max-passes", get("quantreg_fallback_max_passes"), minimum=1),
             fallback_max_seconds=_seconds("--quantreg-fallback-max-seconds", get("quantreg_fallback_max_seconds")),
@@ -135,6 +144,7 @@ def resolve(config: pytest.Config) -> Settings:
             update_baselines=flag("quantreg_update_baselines"),
             record_latency=flag("quantreg_record_latency"),
             trust_remote_code=flag("quantreg_trust_remote_code"),
+            accept_reference=flag("quantreg_accept_reference"),
             weights_report=path("quantreg_weights_report"),
             report_dir=path("quantreg_report"),
             limits={gate.key: _limits(config, gate) for gate in GATES},

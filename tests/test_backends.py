@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_plugin import record_baseline
 
-from conftest import run_example
+from conftest import EXAMPLE_TESTS, labelled_csv, run_example, save_tiny, tiny_model, tiny_texts
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.measure.evaluation import warmup_indices
 from pytest_quantreg.measure.hardware import int8_reduce_range
@@ -230,3 +230,63 @@ def test_the_old_precisions_module_is_kept_for_one_release_with_a_warning() -> N
     assert old.BuildContext is pytest_quantreg.BuildContext
     assert old.Precision is pytest_quantreg.Precision
     assert old.Registry is pytest_quantreg.Registry
+
+
+def test_bitsandbytes_log_records_of_every_forward_stay_out_of_a_failure_report(quantreg_pytester: pytest.Pytester) -> None:
+    """LLM.int8 logs 'MatMul8bitLt: inputs will be cast ...' on every forward with FP32 activations: one
+    failing latency test printed 14,504 such lines."""
+    result = quantreg_pytester.runpytest("--precision=int8-bnb", "-k", "latency", "--quantreg-max-latency-ratio=0.001")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*int8-bnb is too slow against FP32*"])
+    assert "MatMul8bitLt" not in result.stdout.str()
+
+
+NARROW = {
+    "bert-hidden-32": (
+        {"hidden_size": 32},
+        "6 Linear layer(s)",
+        "bert.encoder.layer.0.attention.self.query, bert.encoder.layer.0.attention.self.key, *, bert.pooler.dense",
+    ),
+    "electra-embedding-32": ({"embedding_size": 32, "hidden_size": 64}, "1 Linear layer(s)", "electra.embeddings_project"),
+}
+
+
+@pytest.mark.parametrize("architecture", list(NARROW))
+def test_bitsandbytes_4bit_keeps_layers_with_fewer_than_64_inputs_in_fp32_on_every_cpu(
+    bitsandbytes_imported: None, pytester: pytest.Pytester, tmp_path: Path, architecture: str
+) -> None:
+    """bitsandbytes' 4-bit CPU kernels for AVX-512 BF16 crash on such layers (a hidden-32 model, ELECTRA's
+    embedding projection); kept in FP32 everywhere, the build and the verdict are the same on every CPU."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, ElectraConfig, ElectraForSequenceClassification
+
+    sizes, count, names = NARROW[architecture]
+    _, tokenizer = tiny_model(["negative", "positive"])
+    torch.manual_seed(0)
+    labels = {"id2label": {0: "negative", 1: "positive"}, "label2id": {"negative": 0, "positive": 1}}
+    common = {"vocab_size": len(tokenizer), "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128}
+    common |= {"max_position_embeddings": 64, "num_labels": 2, "initializer_range": 0.2, **labels, **sizes}
+    config, model_class = (
+        (BertConfig(**common), BertForSequenceClassification)
+        if architecture.startswith("bert")
+        else (ElectraConfig(**common), ElectraForSequenceClassification)
+    )
+    folder = save_tiny(model_class(config).eval(), tokenizer, tmp_path / architecture)
+    data = labelled_csv(folder, tiny_texts(), tmp_path / "narrow.csv")
+    pytester.makeini(
+        f"[pytest]\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\nquantreg_max_drop = 100\nquantreg_max_flip_rate = 100\n"
+        "quantreg_max_kl = 100\n"
+    )
+    pytester.makepyfile(test_regression=EXAMPLE_TESTS)
+    pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    result = pytester.runpytest("--precision=int4-nf4", "-k", "accuracy")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "kept in FP32 *|*",
+            f"quantreg: int4-nf4 kept {count} with fewer than 64 inputs in FP32, as its backend cannot quantize them "
+            f"(on every CPU, so the verdict is the same on all): {names}",
+        ]
+    )
+    assert "failed inside bitsandbytes" not in result.stdout.str()

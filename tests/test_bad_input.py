@@ -91,6 +91,12 @@ def _remove(*names: str) -> Callable[[Path], None]:
         (None, ["--quantreg-model=nowhere"], "model folder {path}/nowhere does not exist; pass a local folder written by save_pretrained"),
         (_remove("config.json"), [], "model folder {model} has no config.json; save the model there with save_pretrained"),
         (_remove("model.safetensors"), [], "model folder {model} has no .safetensors weights; save it with"),
+        (
+            lambda folder: (folder / "model.safetensors").rename(folder / "tf_model.h5"),
+            [],
+            "model folder {model} holds TensorFlow weights only, which transformers 5 cannot load; convert them once where "
+            "TensorFlow and transformers 4 are installed: `AutoModelForSequenceClassification.from_pretrained(path, from_tf=True)*",
+        ),
         (_remove("vocab.txt", "tokenizer.json"), [], "model folder {model} has no tokenizer files; save the tokenizer there"),
         (
             lambda folder: (folder / "config.json").write_text("{not json"),
@@ -299,3 +305,98 @@ def test_model_code_runs_only_with_the_explicit_option(
     )
     trusted.assert_outcomes(passed=2)
     assert ran.read_text() == "yes"
+
+
+def test_latency_without_a_usable_baseline_says_to_record_the_baseline(quantreg_pytester: pytest.Pytester) -> None:
+    """A missing baseline cannot take a latency record: the end of the run says what to record first."""
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "quantreg: no usable FP32 baseline at * (the accuracy tests say why): only fixed limits judged the latency of "
+            "int8-dynamic; record the baseline with --quantreg-update-baselines"
+        ]
+    )
+    assert "--quantreg-record-latency" not in result.stdout.str()
+    assert not (quantreg_pytester.path / "baselines").exists()
+
+
+# -- a broken FP32 reference -----------------------------------------------------------------------
+
+
+def _broken_tokenizer(folder: Path) -> None:
+    """What transformers 5 makes of BertTokenizerFast(vocab_file=...): a vocabulary of the special tokens alone."""
+    (folder / "tokenizer.json").unlink()
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")
+
+
+def _labels_swapped(folder: Path) -> None:
+    """The head's labels in the other order than the data's."""
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {"0": "positive", "1": "negative"}
+    config["label2id"] = {"positive": 0, "negative": 1}
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("damage", "problems"),
+    [
+        (
+            _broken_tokenizer,
+            [
+                "*- the tokenizer knows 5 tokens and the model's embedding matrix has 205 rows: it is not the tokenizer the model "
+                "was trained with*",
+                "*- *% of the sample's tokens are the unknown token: the tokenizer does not match the model*",
+            ],
+        ),
+        (
+            _labels_swapped,
+            ["*- FP32 is right on 0.0% of the sample, no better than always answering its most common label * (50.0%)*"],
+        ),
+    ],
+)
+def test_a_broken_reference_is_not_recorded_without_the_explicit_option(
+    quantreg_pytester: pytest.Pytester, tiny_model_dir: Path, damage: Callable[[Path], None], problems: list[str]
+) -> None:
+    model = quantreg_pytester.path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    damage(model)
+    args = ("--precision=fp32", f"--quantreg-model={model}", "-k", "accuracy")
+    refused = quantreg_pytester.runpytest(*args, "--quantreg-update-baselines")
+    refused.assert_outcomes(failed=1)
+    refused.stdout.fnmatch_lines(
+        [
+            "*the FP32 reference fails its sanity checks, so no verdict against it would mean anything (the baseline was not recorded):",
+            *problems,
+            "*fix the model, its tokenizer or the data; to record and judge against it anyway, pass --quantreg-accept-reference",
+        ]
+    )
+    assert not list((quantreg_pytester.path / "baselines").glob("*.json"))
+    assert refused.stdout.str().count("fails its sanity checks") == 1
+
+    quantreg_pytester.runpytest(*args, "--quantreg-update-baselines", "--quantreg-accept-reference").assert_outcomes(passed=1)
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    recorded = path.read_bytes()
+    judged = quantreg_pytester.runpytest(*args)  # every run checks the stored reference again
+    judged.assert_outcomes(failed=1)
+    judged.stdout.fnmatch_lines([f"*sanity checks*(nothing was judged; {path} is left as it is):", *problems])
+    assert path.read_bytes() == recorded
+
+
+def test_a_corrupt_baseline_is_reported_before_any_model_is_built(quantreg_pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
+    """The header says so, read from the file alone (the baseline's name needs no model: the example
+    takes minutes to train), and the accuracy test fails on it before anything is measured."""
+    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    path.write_text("{broken", encoding="utf-8")
+    result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"quantreg baseline: baseline {path} is not readable JSON (*); fix or delete it, or re-record it with "
+            "--quantreg-update-baselines; the accuracy tests will fail on it",
+            f"*baseline {path} is not readable JSON*",
+        ]
+    )
+    assert "QUANTIZATION COMPARISON SUMMARY" not in result.stdout.str()  # nothing was measured
+    assert path.read_text(encoding="utf-8") == "{broken"

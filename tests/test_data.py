@@ -151,3 +151,31 @@ def test_more_samples_than_exist(tmp_path: Path) -> None:
 def test_bad_sample_specs(value: str, message: str) -> None:
     with pytest.raises(QuantregError, match=message):
         parse_sample_spec(value)
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_a_csv_with_another_delimiter_loads_like_the_comma_one(tmp_path: Path, delimiter: str) -> None:
+    """A spreadsheet set to a European locale exports with semicolons; texts may hold commas and the delimiter."""
+    rows = [("text", "label"), ("good, really good", "positive"), ("bad; awful", "negative"), ("fine", "positive")]
+    quote = {";": '"bad; awful"', "\t": "bad; awful", "|": "bad; awful"}[delimiter]
+    comma = tmp_path / "comma.csv"
+    comma.write_text('text,label\n"good, really good",positive\n"bad; awful",negative\nfine,positive\n', encoding="utf-8")
+    other = tmp_path / "other.csv"
+    lines = [delimiter.join(rows[0]), f"good, really good{delimiter}positive", f"{quote}{delimiter}negative", f"fine{delimiter}positive"]
+    other.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    labels = ("negative", "positive")
+    expected = [(e.text, e.label) for e in load_file(comma, labels).eval]
+    assert [(e.text, e.label) for e in load_file(other, labels).eval] == expected
+    assert ("bad; awful", 0) in expected
+
+
+def test_a_semicolon_export_runs_the_suite(quantreg_pytester: pytest.Pytester, tiny_dataset: Path) -> None:
+    import csv
+
+    rows = list(csv.reader(tiny_dataset.read_text(encoding="utf-8").splitlines()))
+    export = quantreg_pytester.path / "export.csv"
+    with export.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, delimiter=";").writerows(rows)
+    result = quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", f"--quantreg-dataset={export}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines([f"quantreg data: export.csv (sha256 *), sample {len(rows) - 1} *"])

@@ -224,3 +224,34 @@ def test_summary_json_report_and_compare_carry_the_class_figures(project: pytest
     assert compared.returncode == 1, compared.stdout + compared.stderr
     assert "REGRESSION drift (cpu): macro-F1 100.00% ->" in compared.stdout
     assert "macro-F1 %" in compared.stdout.splitlines()[1]  # the table's header
+
+
+def test_many_classes_are_named_worst_first_within_a_bounded_width(
+    bitsandbytes_imported: None, pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    names = [f"topic-{i:02d}" for i in range(27)]
+    model, tokenizer = tiny_model(names)
+    folder = save_tiny(model, tokenizer, tmp_path / "model-27")
+    data = labelled_csv(folder, tiny_texts(120), tmp_path / "topics.csv")
+    present = len({row.split(",")[-1] for row in data.read_text().splitlines()[1:]})
+    assert 1 < present < 27  # some classes are absent from the sample
+    pytester.makeini(
+        f"[pytest]\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\nquantreg_max_drop = 100\nquantreg_max_flip_rate = 100\n"
+        "quantreg_max_kl = 100\n"
+    )
+    pytester.makepyfile(test_regression=EXAMPLE_TESTS)
+    pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    result = pytester.runpytest("--precision=fp32,int8")
+    (row,) = [line for line in result.stdout.lines if line.startswith("recall by class")]
+    cells = [cell.strip() for cell in row.split(" | ")[1:3]]
+    fp32, int8 = cells
+    assert fp32.startswith("topic-")
+    assert fp32.endswith(f"(n/a: {27 - present} absent)")
+    assert all(len(cell) <= 60 for cell in cells)
+    worst = [float(item.rsplit(" ", 1)[1]) for item in int8.split(" (n/a")[0].split(", ") if item.startswith("topic-")]
+    assert worst == sorted(worst)  # the worst classes first
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "QUANTIZATION COMPARISON SUMMARY" in line)
+    table = lines[start + 1 : next(i for i, line in enumerate(lines) if line.startswith("paired statistics against"))]
+    assert max(len(line) for line in table) < 200  # 27 recalls side by side made lines of 1,884 characters

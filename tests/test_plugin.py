@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,20 @@ from custom_precisions import CUSTOM_PRECISIONS
 def record_baseline(pytester: pytest.Pytester, *args: str) -> None:
     result = pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", *args)
     result.assert_outcomes(passed=2)
+
+
+def test_help_names_every_built_in_precision(pytester: pytest.Pytester) -> None:
+    from pytest_quantreg.backends.registry import builtin_registry
+
+    # argparse wraps the help text, at spaces and after hyphens
+    text = re.sub(r"-\s+", "-", " ".join(pytester.runpytest("--help").stdout.str().split()))
+    start = text.index("--quantreg-precision=PRECISION")
+    help_text = text[start : text.index("--quantreg-device=DEVICE", start)]
+    names = builtin_registry().names()
+    assert len(names) >= 13
+    for name in names:
+        assert name in help_text, name
+    assert "int8 (int8-dynamic on cpu, int8-bnb on cuda)" in help_text
 
 
 def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
@@ -511,3 +526,77 @@ def test_throughput_mode_judges_accuracy_in_batches(quantreg_pytester: pytest.Py
             "quantreg: note: int8-dynamic scales activations per batch, so in batches its predictions depend on their batch-mates*",
         ]
     )
+
+
+def test_a_keep_setting_renames_only_the_precisions_that_quantize_linear_layers(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    args = ("--precision=fp32,fp16,int8", "-k", "latency", "--quantreg-keep-fp32=none", "--quantreg-record-latency")
+    result = quantreg_pytester.runpytest(*args)
+    result.assert_outcomes(passed=3)
+    (baseline,) = (quantreg_pytester.path / "baselines").glob("*.json")
+    (record,) = json.loads(baseline.read_text())["latency_records"].values()
+    assert set(record["ratios"]) == {"fp16", "int8-dynamic[keep-fp32=none]"}  # fp16 casts every layer whatever is kept
+    result.stdout.fnmatch_lines(["quantreg: latency ratios recorded for *: fp16 *, int8-dynamic[[]keep-fp32=none] * in *"])
+
+
+MARKED_FOR_NF4 = """
+import pytest
+
+
+@pytest.mark.quantreg(precisions=["int4-nf4"])
+def test_nf4_accuracy(quantreg):
+    quantreg.check_accuracy()
+"""
+
+
+def test_a_marker_precision_outside_the_selection_is_skipped_saying_how_to_select_it(quantreg_pytester: pytest.Pytester) -> None:
+    quantreg_pytester.makepyfile(test_regression=MARKED_FOR_NF4)
+    result = quantreg_pytester.runpytest("--precision=fp32,int8", "-rs", "-v")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_nf4_accuracy?not-selected?*",
+            "SKIPPED * its quantreg marker runs it for int4-nf4, and none of them is selected "
+            "(--quantreg-precision=fp32,int8-dynamic); add them to run it, e.g. --quantreg-precision=fp32,int8-dynamic,int4-nf4",
+        ]
+    )
+    assert "NOTSET" not in result.stdout.str()
+    assert "NO QUANTIZED MODEL WAS TESTED" not in result.stdout.str()  # no test asked for int8-dynamic
+
+
+def test_the_latency_row_shows_a_judged_ratio_without_fp32_in_the_selection(quantreg_pytester: pytest.Pytester) -> None:
+    result = quantreg_pytester.runpytest("--precision=int8", "-k", "latency")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["metric *|*INT8-DYNAMIC", "latency ratio, paired [[]95% CI[]] |*.* [[]*.*, *.*[]]"])
+
+
+KEEP_BY_MARKER = """
+import pytest
+
+
+@pytest.mark.quantreg(keep_fp32={"int8-dynamic": "head,bert.encoder.layer.0.output.dense"})
+def test_marked(quantreg):
+    quantreg.check_accuracy()
+"""
+
+
+def test_keep_settings_per_precision_from_the_option_and_the_marker(quantreg_pytester: pytest.Pytester) -> None:
+    record_baseline(quantreg_pytester)
+    setting = "--quantreg-keep-fp32=head; int8=head,bert.pooler.dense"  # an alias names the precision too
+    lenient = ("--quantreg-max-drop=100", "--quantreg-max-flip-rate=100", "--quantreg-max-kl=100")  # int4 on the tiny model
+    result = quantreg_pytester.runpytest("--precision=fp32,int8,int4-nf4", "-k", "accuracy", setting, *lenient)
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "quantreg: kept in FP32 by the precisions that quantize Linear layers: head; by int8-dynamic: head,bert.pooler.dense (*",
+            "metric * | * FP32 | * INT8-DYNAMIC | * INT4-NF4 |*",  # the run's own setting: no renamed column
+            "kept in FP32 *|*- |*bert.pooler.dense, classifier |*classifier |*",
+        ]
+    )
+    quantreg_pytester.makepyfile(test_marked=KEEP_BY_MARKER)
+    marked = quantreg_pytester.runpytest("--precision=fp32,int8,int4-nf4", "test_marked.py", *lenient)
+    marked.assert_outcomes(passed=3)
+    marked.stdout.fnmatch_lines(["metric * | INT8-DYNAMIC[[]KEEP-FP32=HEAD,BERT.ENCODER.LAYER.0.OUTPUT.DENSE[]] | * INT4-NF4 |*"])
+    bad = quantreg_pytester.runpytest("--precision=fp32", "--quantreg-keep-fp32=head; int9=none")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*unknown precision 'int9'*"])

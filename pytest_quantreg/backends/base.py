@@ -80,6 +80,8 @@ class Precision:
     extra: str = ""  # the pytest-quantreg extra that installs ``requires`` (torchao, onnx); "" for core dependencies
     unsupported: Callable[[str], str | None] | None = None  # why it cannot run on a device type here, beyond devices/requires
     compilable: bool = False  # its build gives a torch module that torch.compile can run: NAME+compile is offered
+    quantizes_linear: bool = True  # it quantizes Linear layers, so --quantreg-keep-fp32 applies (the float casts do not)
+    min_linear_inputs: int = 0  # Linear layers with fewer inputs stay in FP32 on every CPU: the backend cannot quantize them
 
     def missing(self) -> str | None:
         """The first package it needs that is not installed, or None."""

@@ -67,6 +67,7 @@ def precisions() -> list[Precision]:
             max_flip_rate=1.0,
             max_kl=0.001,
             compilable=True,
+            quantizes_linear=False,
         ),
         Precision(
             "fp16",
@@ -77,6 +78,7 @@ def precisions() -> list[Precision]:
             max_flip_rate=2.0,
             max_kl=0.005,
             compilable=True,
+            quantizes_linear=False,
         ),
         Precision(
             "bf16",
@@ -87,6 +89,7 @@ def precisions() -> list[Precision]:
             max_flip_rate=3.0,
             max_kl=0.01,
             compilable=True,
+            quantizes_linear=False,
             unsupported=_bf16_unsupported,
         ),
     ]

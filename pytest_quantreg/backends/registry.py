@@ -59,6 +59,7 @@ class Registry:
         max_latency_increase: float | None = 10.0,
         backend: str = "",
         compilable: bool = False,
+        quantizes_linear: bool = True,
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -78,6 +79,7 @@ class Registry:
                 max_latency_increase=max_latency_increase,
                 backend=backend,
                 compilable=compilable,
+                quantizes_linear=quantizes_linear,
             )
         )
 

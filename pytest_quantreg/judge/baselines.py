@@ -52,8 +52,13 @@ class Provenance:
 
     def filename(self) -> str:
         """A file name that cannot leave the baseline folder."""
-        parts = (self.model, self.dataset, f"n{self.n_samples}-seed{self.seed}-len{self.max_length}", self.device_type)
-        return "__".join(_slug(p) for p in parts) + ".json"
+        return baseline_filename(self.model, self.dataset, self.n_samples, self.seed, self.max_length, self.device_type)
+
+
+def baseline_filename(model: str, dataset: str, n_samples: int, seed: int, max_length: int, device_type: str) -> str:
+    """The baseline's file name: from what names the run, none of it needing the model built."""
+    parts = (model, dataset, f"n{n_samples}-seed{seed}-len{max_length}", device_type)
+    return "__".join(_slug(p) for p in parts) + ".json"
 
 
 @dataclass(frozen=True)
@@ -121,11 +126,11 @@ class Baseline:
         return recipe is not None and recipe == current.recipe and self.provenance.get("weights_sha256") != current.weights_sha256
 
 
-def baseline_path(directory: Path, provenance: Provenance) -> Path:
-    """Where the baseline for ``provenance`` lives (always inside ``directory``)."""
-    path = (directory / provenance.filename()).resolve()
+def baseline_path(directory: Path, filename: str) -> Path:
+    """Where the baseline named ``filename`` lives (always inside ``directory``)."""
+    path = (directory / filename).resolve()
     if path.parent != directory.resolve():
-        raise QuantregError(f"baseline name {provenance.filename()!r} would leave {directory}")
+        raise QuantregError(f"baseline name {filename!r} would leave {directory}")
     return path
 
 

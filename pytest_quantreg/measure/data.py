@@ -279,9 +279,16 @@ def _label_id(value: object, labels: Sequence[str], where: str) -> int:
     raise QuantregError(f"{where}: label {value!r} is unknown to the model ({known}); fix the row or use the model's labels")
 
 
+DELIMITERS = (",", ";", "\t", "|")  # comma first: it wins a tie
+
+
 def _read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
-    text = _read_text(path)
-    reader = csv.DictReader(text.splitlines())
+    """Rows of a CSV file by line number; the delimiter is the one that splits the header row into the
+    most columns (a spreadsheet set to a European locale exports with semicolons)."""
+    lines = _read_text(path).splitlines()
+    header = lines[0] if lines else ""
+    delimiter = max(DELIMITERS, key=lambda d: len(next(csv.reader([header], delimiter=d), [])))
+    reader = csv.DictReader(lines, delimiter=delimiter)
     if not reader.fieldnames:
         raise QuantregError(f"data set file {path} is empty; it needs a header row and data rows")
     return [(number, dict(row)) for number, row in enumerate(reader, start=2)]

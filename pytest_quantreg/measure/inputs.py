@@ -20,6 +20,8 @@ class Inputs:
     labels: tuple[int, ...]
     encodings: tuple[dict[str, torch.Tensor], ...]
     pad_id: int = 0
+    vocabulary: int | None = None  # the tokenizer's size
+    unknown_share: float | None = None  # of the sample's tokens, those that are the unknown token
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -27,13 +29,17 @@ class Inputs:
     def to(self, device: torch.device | str) -> Inputs:
         if all(t.device == _as_device(device) for enc in self.encodings for t in enc.values()):
             return self
-        return Inputs(self.ids, self.labels, tuple({k: t.to(device) for k, t in enc.items()} for enc in self.encodings), self.pad_id)
+        moved = tuple({k: t.to(device) for k, t in enc.items()} for enc in self.encodings)
+        return Inputs(self.ids, self.labels, moved, self.pad_id, self.vocabulary, self.unknown_share)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, sample: Sample, max_length: int) -> Inputs:
     """Tokenize every example of the sample once (truncated to ``max_length``)."""
     encodings = tuple(dict(tokenizer(e.text, truncation=True, max_length=max_length, return_tensors="pt")) for e in sample.examples)
-    return Inputs(tuple(e.id for e in sample.examples), tuple(e.label for e in sample.examples), encodings, tokenizer.pad_token_id or 0)
+    tokens = [int(t) for encoding in encodings for t in encoding["input_ids"][0]]
+    unknown = sum(t == tokenizer.unk_token_id for t in tokens) / len(tokens) if tokens and tokenizer.unk_token_id is not None else 0.0
+    ids, labels = tuple(e.id for e in sample.examples), tuple(e.label for e in sample.examples)
+    return Inputs(ids, labels, encodings, tokenizer.pad_token_id or 0, len(tokenizer), unknown)
 
 
 def length_buckets(inputs: Inputs, batch_size: int) -> list[list[int]]:

@@ -40,6 +40,21 @@ def parse(value: str | Sequence[str], where: str = OPTION) -> tuple[str, ...]:
     return tokens
 
 
+def parse_setting(value: str, where: str = OPTION) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+    """``head`` or ``head; int4-nf4=head,electra.embeddings_project`` -> the tokens of every precision, and
+    those of the precisions named (entries separated by ``;``, a precision's own after ``NAME=``)."""
+    default: tuple[str, ...] = (DEFAULT,)
+    own: dict[str, tuple[str, ...]] = {}
+    entries = [entry.strip() for entry in value.split(";") if entry.strip()] or [value]
+    for entry in entries:
+        name, named, tokens = entry.partition("=")
+        if named:
+            own[name.strip().lower()] = parse(tokens, f"{where} {name.strip()}")
+        else:
+            default = parse(entry, where)
+    return default, own
+
+
 def describe(tokens: Sequence[str]) -> str:
     """The setting as it is written: ``head``, ``none``, ``head,bert.pooler``."""
     return ",".join(tokens) or NONE
@@ -96,6 +111,13 @@ def resolve(tokens: Iterable[str], layers: Sequence[tuple[str, int]], num_labels
             )
         kept.update(matched)
     return tuple(name for name in names if name in kept)
+
+
+def narrow_layers(model: torch.nn.Module, min_inputs: int) -> tuple[str, ...]:
+    """The ``nn.Linear`` layers of ``model`` with fewer than ``min_inputs`` inputs (works on the meta device)."""
+    import torch
+
+    return tuple(name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and module.in_features < min_inputs)
 
 
 def kept_in_fp32(model: object, names: Iterable[str]) -> tuple[str, ...]:

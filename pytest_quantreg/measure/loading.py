@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,14 +78,43 @@ KNOWN_NOISE: tuple[tuple[str, type[Warning]], ...] = (
 
 @contextlib.contextmanager
 def known_noise_filtered() -> Iterator[None]:
-    """Filter only the named third-party warnings (see ``KNOWN_NOISE``) for the duration."""
-    with warnings.catch_warnings():
-        for message, category in KNOWN_NOISE:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
+    """Filter only the named third-party warnings and log records (see ``KNOWN_NOISE`` and
+    ``KNOWN_LOG_NOISE``) for the duration."""
+    dropped = [(logging.getLogger(name), _Drop(pattern)) for name, pattern in KNOWN_LOG_NOISE]
+    for logger, drop in dropped:
+        logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message, category in KNOWN_NOISE:
+                warnings.filterwarnings("ignore", message=message, category=category)
+            yield
+    finally:
+        for logger, drop in dropped:
+            logger.removeFilter(drop)
+
+
+# Log records the libraries write on every forward pass: (logger, message pattern).
+KNOWN_LOG_NOISE: tuple[tuple[str, str], ...] = (
+    # bitsandbytes LLM.int8 on every forward with FP32 activations: 14,504 lines in one failing test's report
+    ("bitsandbytes.autograd._functions", r"MatMul8bitLt: inputs will be cast"),
+)
+
+
+class _Drop(logging.Filter):
+    """Drops the records whose message matches ``pattern``."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern = re.compile(pattern)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.pattern.match(record.getMessage())
 
 
 TRUST_FLAG = "--quantreg-trust-remote-code"
+
+
+FRAMEWORK_WEIGHTS = (("tf_model*.h5", "TensorFlow"), ("flax_model*.msgpack", "Flax"))
 
 
 def check_model_dir(path: Path, *, trust_remote_code: bool = False, classifier: bool = True) -> dict[str, Any]:
@@ -95,6 +125,14 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False, classifier: 
     if not (path / "config.json").is_file():
         raise QuantregError(f"model folder {path} has no config.json; save the model there with save_pretrained")
     if not any(path.glob("*.safetensors")):
+        framework = next((name for pattern, name in FRAMEWORK_WEIGHTS if any(path.glob(pattern))), None)
+        if framework is not None:
+            flag = "from_tf" if framework == "TensorFlow" else "from_flax"
+            raise QuantregError(
+                f"model folder {path} holds {framework} weights only, which transformers 5 cannot load; convert them once "
+                f"where {framework} and transformers 4 are installed: `AutoModelForSequenceClassification.from_pretrained(path, "
+                f"{flag}=True).save_pretrained(path, safe_serialization=True)`, then run again"
+            )
         raise QuantregError(
             f"model folder {path} has no .safetensors weights; save it with "
             "`model.save_pretrained(path, safe_serialization=True)` (pickled .bin weights are not loaded)"

@@ -35,7 +35,9 @@ class Quantreg:
         self._marker = marker
         self.precision = precision
         own = marker.get("keep_fp32")
-        self.keep_fp32: tuple[str, ...] = own if own is not None else run.settings.keep_fp32
+        if isinstance(own, Mapping):  # the marker's settings by precision
+            own = own.get(precision)
+        self.keep_fp32: tuple[str, ...] = own if own is not None else run.settings.keep_for(precision)
         self.label = run.builds.label(precision, self.keep_fp32)  # the precision's name, or name[keep-fp32=...] for a marker's own set
 
     @property
@@ -138,7 +140,7 @@ def user_errors(call: Callable[[], T], run: QuantregRun | None = None) -> T:
     try:
         return call()
     except QuantregError as exc:
-        pytest.fail(str(exc), pytrace=False)
+        raise pytest.fail.Exception(str(exc), pytrace=False) from None  # the message alone, once
     except LibraryFailure as exc:
         tracebacks = run is not None and run.settings.library_tracebacks
         raise pytest.fail.Exception(str(exc), pytrace=tracebacks) from (exc.__cause__ if tracebacks else None)

@@ -32,10 +32,19 @@ def parametrize(metafunc: pytest.Metafunc, run: QuantregRun) -> None:
     kwargs = marker_kwargs(marker, metafunc.definition.nodeid) if marker else {}
     if kwargs.get("precisions") is not None:
         try:
-            wanted = set(run.registry.select(",".join(kwargs["precisions"]), run.settings.device_type))
+            wanted = run.registry.select(",".join(kwargs["precisions"]), run.settings.device_type)
         except QuantregError as exc:
             pytest.fail(f"{metafunc.definition.nodeid}: quantreg marker: {exc}", pytrace=False)
         names = [n for n in names if n in wanted]
+        if not names:
+            why = (
+                f"its quantreg marker runs it for {', '.join(wanted)}, and none of them is selected "
+                f"(--quantreg-precision={','.join(run.selected)}); add them to run it, e.g. "
+                f"--quantreg-precision={','.join(dict.fromkeys([*run.selected, *wanted]))}"
+            )
+            metafunc.parametrize("quantreg_precision", [pytest.param(None, id="not-selected", marks=pytest.mark.skip(reason=why))])
+            return
+    run.ledger.asked.extend(name for name in names if name not in run.ledger.asked)
     params = []
     for name in names:
         reason = run.registry[name].unavailable_reason(run.settings.device_type)
@@ -61,8 +70,11 @@ def marker_kwargs(marker: pytest.Mark | None, nodeid: str) -> dict[str, Any]:
     try:
         for gate in options.GATES:
             kwargs[gate.key] = _gate(gate, kwargs.get(gate.key))
-        if kwargs.get("keep_fp32") is not None:
-            kwargs["keep_fp32"] = keep.parse(kwargs["keep_fp32"], "quantreg marker keep_fp32")
+        own = kwargs.get("keep_fp32")
+        if isinstance(own, Mapping):  # by precision
+            kwargs["keep_fp32"] = {str(k).lower(): keep.parse(v, f"quantreg marker keep_fp32 {k}") for k, v in own.items()}
+        elif own is not None:
+            kwargs["keep_fp32"] = keep.parse(own, "quantreg marker keep_fp32")
     except QuantregError as exc:
         pytest.fail(f"{nodeid}: {exc}", pytrace=False)
     cap = kwargs.get("max_fp32_units")

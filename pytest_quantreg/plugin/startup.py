@@ -57,6 +57,9 @@ def activate(config: pytest.Config) -> QuantregRun:
         if settings.model is not None:
             _check_max_length(settings, check_model_dir(settings.model, trust_remote_code=settings.trust_remote_code))
         _check_outputs(settings)
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            run.subject.uncaptured = capture.global_and_fixture_disabled
         run.subject.metric  # noqa: B018 -- reads and checks the data set, the sample size and --quantreg-metric now, not mid-run
     except QuantregError as exc:
         raise pytest.UsageError(str(exc)) from None

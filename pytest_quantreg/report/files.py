@@ -112,7 +112,7 @@ def _classes(measurements: dict[str, Measurement], class_names: Sequence[str]) -
         lines += [f"### {name}", "", f"macro-F1 {found.macro_f1:.2%}, weighted-F1 {found.weighted_f1:.2%}", ""]
         lines += ["| class | precision % | recall % | F1 % | support |", "|---|---|---|---|---|"]
         lines += [
-            f"| {label} | {p * 100:.2f} | {r * 100:.2f} | {f * 100:.2f} | {n} |"
+            f"| {label} | {p * 100:.2f} | {r * 100:.2f} | {f * 100:.2f} | {n} |" if n else f"| {label} | n/a | n/a | n/a | 0 |"
             for label, p, r, f, n in zip(found.labels, found.precision, found.recall, found.f1, found.support, strict=True)
         ]
         lines += ["", "| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

@@ -6,7 +6,9 @@ from typing import Any
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import atomic_write_json
+from pytest_quantreg.judge.baselines import TIMING_PROTOCOL, UPDATE_FLAG
 from pytest_quantreg.judge.gates import FP32
+from pytest_quantreg.judge.stats import compare
 from pytest_quantreg.run.session import QuantregRun
 
 
@@ -79,11 +81,11 @@ def summary_lines(run: QuantregRun, reporter: Any) -> None:
     for outcome, path in ledger.written:
         what = named.get(path) or ("report file" if outcome == "written" else "baseline")
         reporter.write_line(f"quantreg: {what} {outcome}: {path}")
-    for note in filter(None, [_or_none(run.build_difference), run.unrecorded_note(), *ledger.notes.values()]):
+    for note in filter(None, [_or_none(lambda: build_difference(run)), unrecorded_note(run), *ledger.notes.values()]):
         reporter.write_line(f"quantreg: {note}")
     for name, reason in ledger.skipped.items():
         reporter.write_line(f"quantreg: {name} skipped: {reason}")
-    quantized = [n for n in run.selected if n != FP32]
+    quantized = [n for n in run.selected if n != FP32 and n in ledger.asked]  # those some test asked for
     if ledger.requested and quantized and reporter.stats.get("skipped") and not any(n in run.measurements for n in quantized):
         reporter.write_line(
             f"quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {', '.join(quantized)} was skipped (reasons above); "
@@ -98,3 +100,39 @@ def _or_none(call: Any) -> Any:
         return call()
     except QuantregError:
         return None
+
+
+def unrecorded_note(run: QuantregRun) -> str | None:
+    """The summary line naming the precisions judged without a latency record for this hardware class."""
+    if not run.ledger.unrecorded:
+        return None
+    if run.store.usable() is None:  # nothing can be recorded into it before it is fixed or recorded
+        return (
+            f"no usable FP32 baseline at {run.store.path} (the accuracy tests say why): only fixed limits judged the latency "
+            f"of {', '.join(run.ledger.unrecorded)}; record the baseline with {UPDATE_FLAG}"
+        )
+    return (
+        f"no latency ratio recorded for {', '.join(run.ledger.unrecorded)} on this hardware class "
+        f"({run.subject.hardware.hardware_class}) in {run.store.path} (or recorded with an older timing protocol, "
+        f"{TIMING_PROTOCOL} here): only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
+    )
+
+
+def build_difference(run: QuantregRun) -> str | None:
+    """When the example here has other bits than the baseline's build of the same recipe: how far apart."""
+    if not run.measurements:
+        return None  # nothing was run: do not build the example just to say this
+    baseline, subject = run.store.usable(), run.subject
+    if baseline is None or not baseline.rebuilt_from_recipe(subject.provenance):
+        return None
+    text = (
+        f"the example was built here with other bits than the baseline's (weights sha256 {subject.weights_sha256[:12]} here, "
+        f"{str(baseline.provenance.get('weights_sha256'))[:12]} in {baseline.path.name}; same recipe {subject.recipe_key}, "
+        "so another CPU architecture or kernel library): FP32 is judged by its drift gates against the stored predictions"
+    )
+    fp32 = run.measurements.get(FP32)
+    if fp32 is not None:
+        stats = compare(fp32, baseline.reference(), subject.metric, subject.labels)
+        logit = f", max |logit change| {stats.max_logit_change:.4f}" if stats.max_logit_change is not None else ""
+        text += f"; they differ by: flip rate {stats.flip_rate:.2%} ({stats.flips}/{stats.n}), mean KL {stats.kl_mean:.6f}{logit}"
+    return text

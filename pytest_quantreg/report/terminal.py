@@ -32,8 +32,9 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
     batches = f", untimed passes in length-bucketed batches of {s.batch_size}" if s.batch_size > 1 else ""
     lines = [f"quantreg: device {s.device}, precisions {', '.join(run.selected)}{batches}"]
     lines.append(
-        f"quantreg: kept in FP32 by the precisions that quantize Linear layers: {keep.describe(s.keep_fp32)} "
-        f"({keep.OPTION}; 'none' quantizes every Linear layer)"
+        f"quantreg: kept in FP32 by the precisions that quantize Linear layers: {keep.describe(s.keep_fp32)}"
+        + "".join(f"; by {name}: {keep.describe(tokens)}" for name, tokens in s.keep_by_precision.items())
+        + f" ({keep.OPTION}; 'none' quantizes every Linear layer)"
     )
     if batches and "int8-dynamic" in run.selected:
         lines.append(
@@ -50,6 +51,9 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
             f"quantreg data: {run.subject.dataset.name} (sha256 {run.subject.dataset.sha256[:12]}), sample {len(sample)} "
             f"(--quantreg-samples={s.samples} --quantreg-seed={s.seed}, sha256 {sample.sha256[:12]}), max length {s.max_length}"
         )
+        unreadable = run.store.unreadable()  # found before any model is built
+        if unreadable:
+            lines.append(f"quantreg baseline: {unreadable}; the accuracy tests will fail on it")
     except QuantregError as exc:
         lines.append(f"quantreg: cannot load the model or data yet: {exc}")
     installed = library_versions()
@@ -101,7 +105,7 @@ def summary_table(
     add("avg confidence (%)", lambda m: f"{m.avg_confidence * 100:.2f}", lambda m, f: f"{(m.avg_confidence - f.avg_confidence) * 100:+.2f}")
     classes = {n: class_metrics(m.labels, m.predictions, class_names) for n, m in measurements.items()}
     add("macro-F1 (%)", lambda m: f"{classes[m.precision].macro_f1 * 100:.2f}", lambda m, f: _points(classes, "macro_f1", m, f))
-    add("recall by class (%)", lambda m: " / ".join(f"{r * 100:.1f}" for r in classes[m.precision].recall), lambda m, f: "")
+    add("recall by class (%)", lambda m: recall_cell(classes[m.precision]), lambda m, f: "")
     if metric.kind not in (ACCURACY, "macro-f1"):
         add(
             f"{metric.name} (%)",
@@ -111,7 +115,7 @@ def summary_table(
     add("mean latency (ms)", lat("mean_ms"), lat_rel("mean_ms"))
     add("median latency (ms)", lat("median_ms"), lat_rel("median_ms"))
     add("std latency (ms)", lat("std_ms"), lambda m, f: "n/a")
-    if fp32 is not None:
+    if fp32 is not None or any(m.paired_s or m.pairs_wanted for m in measurements.values()):  # a ratio was judged
         add("latency ratio, paired [95% CI]", ratio_cell, lambda m, f: "")
     if any(m.kept_fp32 for m in measurements.values()):
         add("kept in FP32", lambda m: keep.short(m.kept_fp32), lambda m, f: "")
@@ -124,6 +128,29 @@ def summary_table(
     return [
         " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))) for row in table
     ]
+
+
+MAX_CLASS_CELL = 60  # characters of a recall-by-class cell: the worst classes first when they do not fit
+FEW_CLASSES = 4  # up to this many, recall is listed by class id, without names
+
+
+def recall_cell(found: ClassMetrics) -> str:
+    """Recall by class: ``69.5 / 84.2`` for a few classes (n/a for one absent from the sample); for more,
+    the worst classes first by name, as many as fit, then how many more and how many are absent."""
+    present = [(r, label) for r, label, n in zip(found.recall, found.labels, found.support, strict=True) if n]
+    if len(found.labels) <= FEW_CLASSES:
+        return " / ".join(f"{r * 100:.1f}" if n else "n/a" for r, n in zip(found.recall, found.support, strict=True))
+    absent = len(found.labels) - len(present)
+    tail = f" (n/a: {absent} absent)" if absent else ""
+    shown: list[str] = []
+    for recall, label in sorted(present):
+        item = f"{label} {recall * 100:.1f}"
+        more = len(present) - len(shown) - 1
+        if len(", ".join([*shown, item])) + len(f", +{more} more") * bool(more) + len(tail) > MAX_CLASS_CELL and shown:
+            break
+        shown.append(item)
+    rest = len(present) - len(shown)
+    return ", ".join(shown) + (f", +{rest} more" if rest else "") + tail
 
 
 STATISTICS: list[tuple[str, Callable[[Agreement], str]]] = [

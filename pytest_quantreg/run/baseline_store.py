@@ -2,10 +2,13 @@
 
 The file is read once and again only when it changed on disk (a write of this run, or of a
 pytest-xdist worker), and checked against what this run measures before anything is judged by it.
+Its name needs no model: a file that cannot be read is found out before the model is built (or,
+for the example, trained).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +23,9 @@ from pytest_quantreg.measure.hardware import Hardware, library_versions
 class BaselineStore:
     """The stored FP32 baseline of one model, sample and device type, in ``directory``."""
 
-    def __init__(self, directory: Path, provenance: Provenance) -> None:
-        self.path = baselines.baseline_path(directory, provenance)
-        self.provenance = provenance
+    def __init__(self, directory: Path, filename: str, provenance: Callable[[], Provenance]) -> None:
+        self.path = baselines.baseline_path(directory, filename)
+        self._provenance = provenance  # hashes the weights: called only to check a file that reads
         self._read: tuple[tuple[int, int] | None, Baseline | None, str | None] | None = None  # (stamp, baseline, why unusable)
 
     def _load(self) -> tuple[Baseline | None, str | None]:
@@ -38,7 +41,7 @@ class BaselineStore:
             except QuantregError as exc:
                 found, problem = None, str(exc)
             if found is not None:
-                problem = found.mismatch(self.provenance)
+                problem = found.mismatch(self._provenance())
                 if problem:
                     problem += f"\n  not compared. If the change is intended, re-record with {baselines.UPDATE_FLAG}"
             self._read = (stamp, found if problem is None else None, problem)
@@ -65,9 +68,17 @@ class BaselineStore:
         found = self.usable()
         return found.latency_ratio(hardware_class, key) if found is not None else None
 
+    def unreadable(self) -> str | None:
+        """Why the file cannot be read as a baseline, found without the model (None: it reads, or there is none)."""
+        try:
+            baselines.load(self.path)
+        except QuantregError as exc:
+            return str(exc)
+        return None
+
     def record_fp32(self, measurement: Measurement, hardware: Hardware) -> str:
         """Write FP32's outcome (``--quantreg-update-baselines``); returns created, updated or unchanged."""
-        return baselines.write(self.path, baselines.record(measurement, self.provenance, hardware, library_versions()))
+        return baselines.write(self.path, baselines.record(measurement, self._provenance(), hardware, library_versions()))
 
     def record_latency(self, hardware: Hardware, ratios: dict[str, LatencyRatio]) -> None:
         """Store latency ratios for ``hardware``'s class in the existing baseline."""

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 class Builds:
     """Builds models for one run and holds the few it keeps for the session."""
 
-    def __init__(self, settings: Settings, registry: Registry, subject: Subject) -> None:
+    def __init__(self, settings: Settings, registry: Registry, subject: Subject, notes: dict[str, str]) -> None:
         self.settings = settings
+        self.notes = notes  # end-of-run lines: the layers a backend could not quantize
         self.registry = registry
         self.subject = subject
         self.kept: dict[str, tuple[str, ...]] = {}  # label -> Linear layers really kept in FP32
@@ -36,8 +37,9 @@ class Builds:
         self._fp32_weights: dict[str, torch.Tensor] | None = None
 
     def label(self, name: str, keep_fp32: tuple[str, ...] | None = None) -> str:
-        """The measurement label of precision ``name`` built keeping ``keep_fp32`` (None: this run's setting)."""
-        if keep_fp32 is None or keep_fp32 == self.settings.keep_fp32 or name == FP32:
+        """The measurement label of precision ``name`` built keeping ``keep_fp32`` (None: this run's setting);
+        a precision that quantizes no Linear layer keeps its name, as the setting does not change it."""
+        if keep_fp32 is None or keep_fp32 == self.settings.keep_for(name) or not self.registry[name].quantizes_linear:
             return name
         return f"{name}[keep-fp32={keep.describe(keep_fp32)}]"
 
@@ -52,11 +54,30 @@ class Builds:
                 self._keep_names[tokens] = keep.resolve(tokens, keep.linear_layers(model), num_labels)
         return self._keep_names[tokens]
 
+    def kept_names(self, precision: Precision, tokens: tuple[str, ...]) -> tuple[str, ...]:
+        """The Linear layers ``precision`` keeps in FP32: those ``tokens`` name, and those its backend cannot
+        quantize (fewer inputs than ``precision.min_linear_inputs``), named at the end of the run."""
+        if not precision.quantizes_linear:
+            return ()
+        names = self.keep_names(tokens)
+        if precision.min_linear_inputs:
+            narrow = keep.narrow_layers(
+                keep.meta_model(self.subject.model_dir, self.settings.trust_remote_code), precision.min_linear_inputs
+            )
+            added = [name for name in narrow if name not in names]
+            if added:
+                self.notes[f"narrow {precision.name}"] = (
+                    f"{precision.name} kept {len(added)} Linear layer(s) with fewer than {precision.min_linear_inputs} inputs in FP32, "
+                    f"as its backend cannot quantize them (on every CPU, so the verdict is the same on all): {', '.join(added)}"
+                )
+                names = (*names, *added)
+        return names
+
     def build(self, precision: Precision, keep_fp32: tuple[str, ...] | None = None) -> torch.nn.Module:
         """Build ``precision`` keeping ``keep_fp32`` (None: the run's setting) in FP32; record which Linear
         layers it really kept."""
-        tokens = self.settings.keep_fp32 if keep_fp32 is None else keep_fp32
-        names = self.keep_names(tokens) if precision.name != FP32 else ()
+        tokens = self.settings.keep_for(precision.name) if keep_fp32 is None else keep_fp32
+        names = self.kept_names(precision, tokens)
         model = self.build_keeping(precision, names)
         self.kept[self.label(precision.name, tokens)] = keep.kept_in_fp32(model, names)
         return model

@@ -28,6 +28,7 @@ class Ledger:
     notes: dict[str, str] = field(default_factory=dict)  # end-of-run lines, by topic
     unrecorded: list[str] = field(default_factory=list)  # precisions whose latency had no record for this hardware class
     requested: bool = False  # a collected test is parametrized over the precisions
+    asked: list[str] = field(default_factory=list)  # the precisions some collected test is parametrized with
 
     def ordered(self, selected: list[str]) -> dict[str, Measurement]:
         """The measurements in the order of ``selected`` (FP32 first), each marker variant after its precision."""
@@ -54,6 +55,7 @@ class Ledger:
             "notes": dict(self.notes),
             "unrecorded": list(self.unrecorded),
             "requested": self.requested,
+            "asked": list(self.asked),
         }
 
     def merge(self, data: dict[str, Any]) -> None:
@@ -71,6 +73,7 @@ class Ledger:
         self.notes.update(data.get("notes", {}))
         self.unrecorded.extend(name for name in data.get("unrecorded", []) if name not in self.unrecorded)
         self.requested = self.requested or bool(data.get("requested"))
+        self.asked.extend(name for name in data.get("asked", []) if name not in self.asked)
 
 
 def _tuples(data: dict[str, Any]) -> dict[str, Any]:

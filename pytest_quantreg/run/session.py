@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from pytest_quantreg.backends.base import Precision
 from pytest_quantreg.backends.registry import Registry
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.judge.baselines import TIMING_PROTOCOL, UPDATE_FLAG, Baseline
+from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline
 from pytest_quantreg.judge.gates import FP32, Limit, disturbance
-from pytest_quantreg.judge.stats import LatencyRatio, Reference, compare, latency_ratio
+from pytest_quantreg.judge.sanity import reference_problems
+from pytest_quantreg.judge.stats import LatencyRatio, Reference, latency_ratio
 from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.evaluation import Measurement, measure
 from pytest_quantreg.measure.failures import library_failures
@@ -45,8 +46,8 @@ class QuantregRun:
         self.registry = registry
         self.selected = selected
         self.subject = Subject(settings)
-        self.builds = Builds(settings, registry, self.subject)
         self.ledger = Ledger()
+        self.builds = Builds(settings, registry, self.subject, self.ledger.notes)
         self._searched: dict[tuple[Any, ...], Fallback] = {}  # (label, cap, gates) -> its search
         self._recorded_fp32 = False
 
@@ -56,8 +57,8 @@ class QuantregRun:
         return self.ledger.measurements
 
     @functools.cached_property
-    def store(self) -> BaselineStore:  # made on first use: the provenance hashes the weights and the sample
-        return BaselineStore(self.settings.baseline_dir, self.subject.provenance)
+    def store(self) -> BaselineStore:  # made on first use: its name reads the data set
+        return BaselineStore(self.settings.baseline_dir, self.subject.baseline_filename, lambda: self.subject.provenance)
 
     def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
         """Measure ``model`` (label ``name``) once per session; measure again only when a timed pass is
@@ -91,6 +92,7 @@ class QuantregRun:
         keep in FP32. The precision with that set applied is measured under ``label[fallback]``."""
         from pytest_quantreg.fallback.probe import Budget
         from pytest_quantreg.fallback.search import Gates, Searched, find_fallback
+        from pytest_quantreg.measure.loading import known_noise_filtered
 
         asked = (label, cap, tuple(sorted((key, limit.value) for key, limit in limits.items())))
         if asked in self._searched:
@@ -104,10 +106,10 @@ class QuantregRun:
         s, builds = self.settings, self.builds
         measured = self.measure(label, model, benchmark=None, timed=False)
         rebuild = functools.partial(builds.build_keeping, precision)
-        searched = Searched(label, precision.backend, model, rebuild, builds.keep_names(tokens), tokens)
+        searched = Searched(label, precision.backend, model, rebuild, builds.kept_names(precision, tokens), tokens)
         gates = Gates(baseline.reference(), limits, self.subject.metric, self.subject.labels, s.fallback_headroom)
         budget = Budget(s.fallback_max_passes, s.fallback_max_seconds)
-        with library_failures(precision.name, "running", self.subject.hardware.describe):
+        with library_failures(precision.name, "running", self.subject.hardware.describe), known_noise_filtered():
             fp32_model, stored = builds.timing_partner(), baseline.fallback_units(label)
             result, applied = find_fallback(
                 searched, fp32_model, builds.fp32_weights(), self.subject.inputs, measured, gates, budget, cap, stored
@@ -151,18 +153,37 @@ class QuantregRun:
         return None
 
     def baseline(self) -> Baseline:
-        """The stored FP32 baseline, recorded first when asked; :class:`QuantregError` when unusable."""
+        """The stored FP32 baseline, recorded first when asked; :class:`QuantregError` when unusable, or when
+        FP32's predictions in it fail the sanity checks (unless ``--quantreg-accept-reference``)."""
         if self.settings.update_baselines and not self._recorded_fp32:
-            self.ledger.wrote(self.store.record_fp32(self.fp32_reference(), self.subject.hardware), self.store.path)
+            reference = self.fp32_reference()
+            self._check_reference(Reference.from_measurement(reference), "the baseline was not recorded")
+            self.ledger.wrote(self.store.record_fp32(reference, self.subject.hardware), self.store.path)
             self._recorded_fp32 = True
-        return self.store.required()
+        found = self.store.required()
+        self._check_reference(found.reference(), f"nothing was judged; {found.path} is left as it is")
+        return found
+
+    def _check_reference(self, reference: Reference, outcome: str) -> None:
+        """Raise :class:`QuantregError` naming what is wrong with FP32's predictions on the sample."""
+        subject = self.subject
+        predictions = [reference.predictions[i] for i in subject.inputs.ids]
+        problems = reference_problems(predictions, subject.inputs.labels, subject.labels, subject.tokens)
+        if problems and not self.settings.accept_reference:
+            listed = "".join(f"\n  - {problem}" for problem in problems)
+            raise QuantregError(
+                f"the FP32 reference fails its sanity checks, so no verdict against it would mean anything ({outcome}):{listed}\n"
+                "  fix the model, its tokenizer or the data; to record and judge against it anyway, pass --quantreg-accept-reference"
+            )
 
     def record_key(self, label: str) -> str:
         """Under which name a latency ratio of ``label`` is recorded: a run that keeps other modules in FP32
-        than the default builds another model, with its own speed, so its name says which."""
-        if "[" in label or self.settings.keep_fp32 == (keep.DEFAULT,):
+        than the default builds another model, with its own speed, so its name says which (unless it quantizes
+        no Linear layer: then the setting changes nothing)."""
+        setting = self.settings.keep_for(label)
+        if "[" in label or setting == (keep.DEFAULT,) or not self.registry[label].quantizes_linear:
             return label
-        return f"{label}[keep-fp32={keep.describe(self.settings.keep_fp32)}]"
+        return f"{label}[keep-fp32={keep.describe(setting)}]"
 
     def latency_record(self, name: str) -> LatencyRatio | None:
         """The latency ratio recorded for ``name`` on this hardware class, or None (then noted for the summary)."""
@@ -171,16 +192,6 @@ class QuantregRun:
         if record is None and key not in self.ledger.unrecorded:
             self.ledger.unrecorded.append(key)
         return record
-
-    def unrecorded_note(self) -> str | None:
-        """The summary line naming the precisions judged without a latency record for this hardware class."""
-        if not self.ledger.unrecorded:
-            return None
-        return (
-            f"no latency ratio recorded for {', '.join(self.ledger.unrecorded)} on this hardware class "
-            f"({self.subject.hardware.hardware_class}) in {self.store.path} (or recorded with an older timing protocol, "
-            f"{TIMING_PROTOCOL} here): only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
-        )
 
     def record_latency(self) -> None:
         """With ``--quantreg-update-baselines`` or ``--quantreg-record-latency``, store this run's paired
@@ -213,30 +224,15 @@ class QuantregRun:
 
     def record_fallback_sets(self) -> None:
         """With ``--quantreg-update-baselines``, store the passing fallback sets in the baseline."""
-        setting = keep.describe(self.settings.keep_fp32)
-        found = {label: {"units": r["units"], "keep_fp32": setting} for label, r in self.ledger.fallback_reports.items() if r["passes"]}
+        reports = self.ledger.fallback_reports
+        found = {
+            label: {"units": r["units"], "keep_fp32": keep.describe(self.settings.keep_for(label.split("[")[0]))}
+            for label, r in reports.items()
+            if r["passes"]
+        }
         if self.settings.update_baselines and found and self.store.usable() is not None:
             self.store.record_fallback(found)
             self.ledger.notes["fallback stored"] = f"fallback sets of {', '.join(found)} stored in {self.store.path}"
-
-    def build_difference(self) -> str | None:
-        """When the example here has other bits than the baseline's build of the same recipe: how far apart."""
-        if not self.measurements:
-            return None  # nothing was run: do not build the example just to say this
-        baseline, subject = self.store.usable(), self.subject
-        if baseline is None or not baseline.rebuilt_from_recipe(subject.provenance):
-            return None
-        text = (
-            f"the example was built here with other bits than the baseline's (weights sha256 {subject.weights_sha256[:12]} here, "
-            f"{str(baseline.provenance.get('weights_sha256'))[:12]} in {baseline.path.name}; same recipe {subject.recipe_key}, "
-            "so another CPU architecture or kernel library): FP32 is judged by its drift gates against the stored predictions"
-        )
-        fp32 = self.measurements.get(FP32)
-        if fp32 is not None:
-            stats = compare(fp32, baseline.reference(), subject.metric, subject.labels)
-            logit = f", max |logit change| {stats.max_logit_change:.4f}" if stats.max_logit_change is not None else ""
-            text += f"; they differ by: flip rate {stats.flip_rate:.2%} ({stats.flips}/{stats.n}), mean KL {stats.kl_mean:.6f}{logit}"
-        return text
 
 
 def _satisfies(cached: Measurement, benchmark: Any | None, timed: bool) -> bool:

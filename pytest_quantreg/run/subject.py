@@ -6,13 +6,17 @@ Each is loaded on first use and once: collecting tests reads nothing, and a dorm
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.judge.baselines import Provenance
+from pytest_quantreg.judge.baselines import Provenance, baseline_filename
 from pytest_quantreg.judge.metrics import Metric, check_sample, parse_metric
+from pytest_quantreg.judge.sanity import Tokens
 from pytest_quantreg.measure.data import EMBEDDED_LABELS, Dataset, Sample, draw_sample, load_embedded, load_file
 
 if TYPE_CHECKING:
@@ -28,6 +32,7 @@ class Subject:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.uncaptured: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext  # where long work shows progress
 
     @functools.cached_property
     def model_dir(self) -> Path:
@@ -36,7 +41,8 @@ class Subject:
             return self.settings.model
         from pytest_quantreg.measure.example import example_model
 
-        return example_model(progress=True)
+        with self.uncaptured():  # the build's progress bar on the terminal, not in a captured test's output
+            return example_model(progress=True)
 
     @property
     def model_name(self) -> str:
@@ -87,6 +93,15 @@ class Subject:
         return tokenize(load_tokenizer(self.model_dir, self.settings.trust_remote_code), self.sample, self.settings.max_length)
 
     @functools.cached_property
+    def tokens(self) -> Tokens:
+        """The tokenizer's size and unknown-token share on the sample, and the embedding matrix's rows."""
+        from pytest_quantreg.measure.loading import read_config
+
+        rows = read_config(self.model_dir).get("vocab_size")
+        inputs = self.inputs
+        return Tokens(inputs.vocabulary or 0, rows if isinstance(rows, int) else None, inputs.unknown_share or 0.0)
+
+    @functools.cached_property
     def recipe_key(self) -> str | None:
         """The embedded example's recipe key (None for the user's own model)."""
         if self.settings.model is not None:
@@ -94,6 +109,12 @@ class Subject:
         from pytest_quantreg.measure.example import recipe_key
 
         return recipe_key(self.model_dir)
+
+    @property
+    def baseline_filename(self) -> str:
+        """The baseline's file name (reads the data set, builds no model)."""
+        s = self.settings
+        return baseline_filename(self.model_name, self.dataset.name, len(self.sample), s.seed, s.max_length, s.device_type)
 
     @functools.cached_property
     def provenance(self) -> Provenance:
