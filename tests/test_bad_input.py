@@ -372,7 +372,7 @@ def test_a_broken_reference_is_not_recorded_without_the_explicit_option(
         ]
     )
     assert not list((quantreg_pytester.path / "baselines").glob("*.json"))
-    assert refused.stdout.str().count("fails its sanity checks") == 1
+    assert "During handling of the above exception" not in refused.stdout.str()  # the message once, not chained
 
     quantreg_pytester.runpytest(*args, "--quantreg-update-baselines", "--quantreg-accept-reference").assert_outcomes(passed=1)
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
