@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_plugin import record_baseline
 
-from conftest import EXAMPLE_TESTS, labelled_csv, run_example, save_tiny, tiny_model, tiny_texts
+from conftest import labelled_csv, lenient_project, run_example, save_tiny, tiny_model, tiny_texts
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.measure.evaluation import warmup_indices
 from pytest_quantreg.measure.hardware import int8_reduce_range
@@ -273,13 +273,7 @@ def test_bitsandbytes_4bit_keeps_layers_with_fewer_than_64_inputs_in_fp32_on_eve
     )
     folder = save_tiny(model_class(config).eval(), tokenizer, tmp_path / architecture)
     data = labelled_csv(folder, tiny_texts(), tmp_path / "narrow.csv")
-    pytester.makeini(
-        f"[pytest]\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
-        "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\nquantreg_max_drop = 100\nquantreg_max_flip_rate = 100\n"
-        "quantreg_max_kl = 100\n"
-    )
-    pytester.makepyfile(test_regression=EXAMPLE_TESTS)
-    pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    lenient_project(pytester, folder, data)
     result = pytester.runpytest("--precision=int4-nf4", "-k", "accuracy")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
