@@ -49,6 +49,20 @@ _VALUED: list[tuple[str, str, str, str]] = [
         "Samples to evaluate: a count, a fraction such as 0.5 or 1/30, or all (default: %(default)s)",
     ),
     ("--quantreg-seed", "quantreg_seed", "0", "Seed of the stratified sample (default: %(default)s)"),
+    (
+        "--quantreg-calibration-samples",
+        "quantreg_calibration_samples",
+        "300",
+        "Calibration texts of the static INT8 precisions (onnx-int8-static, openvino-int8-static): drawn from the data set's "
+        "texts outside the evaluation sample, label-stratified, seeded by --quantreg-seed (default: %(default)s)",
+    ),
+    (
+        "--quantreg-calibration-file",
+        "quantreg_calibration_file",
+        "",
+        "CSV or JSON Lines file whose --quantreg-text-column holds the calibration texts, instead of the data set's own "
+        "(texts of the evaluation sample are left out)",
+    ),
     ("--quantreg-max-length", "quantreg_max_length", "128", "Tokens per text before truncation (default: %(default)s)"),
     ("--quantreg-warmup", "quantreg_warmup", "5", "Warmup forward passes before timing each precision (default: %(default)s)"),
     (

@@ -61,6 +61,8 @@ class Settings:
     label_column: str
     samples: SampleSpec
     seed: int
+    calibration_samples: int
+    calibration_file: Path | None
     max_length: int
     warmup: int
     batch_size: int
@@ -128,6 +130,8 @@ def resolve(config: pytest.Config) -> Settings:
             label_column=get("quantreg_label_column"),
             samples=parse_sample_spec(get("quantreg_samples")),
             seed=_integer("--quantreg-seed", get("quantreg_seed"), minimum=0),
+            calibration_samples=_integer("--quantreg-calibration-samples", get("quantreg_calibration_samples"), minimum=1),
+            calibration_file=path("quantreg_calibration_file"),
             max_length=_integer("--quantreg-max-length", get("quantreg_max_length"), minimum=8),
             warmup=_integer("--quantreg-warmup", get("quantreg_warmup"), minimum=0),
             batch_size=_integer("--quantreg-batch-size", get("quantreg_batch_size"), minimum=1),

@@ -114,7 +114,7 @@ def bitsandbytes_imported() -> None:
     """
     from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
 
-    for module in ("bitsandbytes", "torchao", "onnx", "onnxruntime", "onnxruntime.quantization"):
+    for module in ("bitsandbytes", "torchao", "onnx", "onnxruntime", "onnxruntime.quantization", "openvino", "nncf"):
         if importlib.util.find_spec(module.partition(".")[0]) is not None:
             with quiet_loggers(*LOAD_NOISE):
                 importlib.import_module(module)

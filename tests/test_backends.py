@@ -115,7 +115,7 @@ SWAPPED = textwrap.dedent(
         # the export bug of the issue: input names given in another order than the graph's inputs
         registry.register(
             "onnx-swapped",
-            lambda ctx: ort.classifier(ctx, int8=False, order=("attention_mask", "input_ids", "token_type_ids")),
+            lambda ctx: ort.classifier(ctx, "fp32", order=("attention_mask", "input_ids", "token_type_ids")),
             devices=["cpu"], max_drop=0.5, max_flip_rate=1.0, max_kl=0.001, requires=["onnxruntime", "onnx"],
         )
     """

@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_quantreg.errors import QuantregError
+
 if TYPE_CHECKING:
     import torch
+
+    from pytest_quantreg.measure.calibration import Calibration
 
 COMPILE_SUFFIX = "+compile"
 
@@ -27,13 +31,29 @@ COMPILE_SUFFIX = "+compile"
 @dataclass(frozen=True)
 class BuildContext:
     """What a build function gets: the FP32 model folder, the target device, whether the folder's
-    own code may run (``--quantreg-trust-remote-code``), and the Linear layers to keep in FP32
-    (``--quantreg-keep-fp32`` resolved to module names; by default the output head)."""
+    own code may run (``--quantreg-trust-remote-code``), the Linear layers to keep in FP32
+    (``--quantreg-keep-fp32`` resolved to module names; by default the output head), and for a
+    ``calibrated`` precision the calibration texts, tokenized up to ``max_length`` tokens."""
 
     model_dir: Path
     device: str
     trust_remote_code: bool = False
     keep_fp32: tuple[str, ...] = ()
+    calibration: Calibration | None = None
+    max_length: int = 128
+
+    def calibration_encodings(self) -> list[dict[str, Any]]:
+        """The calibration texts tokenized one at a time (numpy arrays by input name)."""
+        from pytest_quantreg.measure.loading import load_tokenizer
+
+        if self.calibration is None:
+            raise QuantregError("this precision calibrates on texts, and none were given; mark it calibrated=True when registering it")
+        return self.calibration.encodings(load_tokenizer(self.model_dir, self.trust_remote_code), self.max_length)
+
+    @property
+    def calibration_hash(self) -> str | None:
+        """The calibration texts' hash, for cache keys (None without calibration)."""
+        return self.calibration.sha256 if self.calibration is not None else None
 
     def keeps(self, module_name: str) -> bool:
         """Whether the Linear layer ``module_name`` is to stay in FP32."""
@@ -82,6 +102,7 @@ class Precision:
     compilable: bool = False  # its build gives a torch module that torch.compile can run: NAME+compile is offered
     quantizes_linear: bool = True  # it quantizes Linear layers, so --quantreg-keep-fp32 applies (the float casts do not)
     min_linear_inputs: int = 0  # Linear layers with fewer inputs stay in FP32 on every CPU: the backend cannot quantize them
+    calibrated: bool = False  # static quantization: its build gets the run's calibration texts (never texts of the sample)
 
     def missing(self) -> str | None:
         """The first package it needs that is not installed, or None."""

@@ -1,7 +1,7 @@
 """The registry: precisions by name, their aliases, the default selection and the built-ins.
 
 The built-in precisions come from one module per backend (:mod:`.casts`, :mod:`.torch_dynamic`,
-:mod:`.bnb`, :mod:`.torchao`, :mod:`.ort`); each module's ``precisions()`` lists what it offers and its
+:mod:`.bnb`, :mod:`.torchao`, :mod:`.ort`, :mod:`.openvino`); each module's ``precisions()`` lists what it offers and its
 ``BACKEND`` how its API keeps layers in FP32. Adding a backend is one module and one line in
 :data:`BUILTIN`.
 """
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from pytest_quantreg.backends import bnb, casts, ort, torch_dynamic, torchao
+from pytest_quantreg.backends import bnb, casts, openvino, ort, torch_dynamic, torchao
 from pytest_quantreg.backends.base import COMPILE_SUFFIX, Builder, Precision
 from pytest_quantreg.backends.compiled import compiled
 from pytest_quantreg.errors import QuantregError
@@ -25,7 +25,7 @@ ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
     "cuda": {"int8": "int8-bnb", "int4": "int4-nf4"},
 }
 DEFAULT_PRECISIONS = "fp32,fp16,int8"
-BUILTIN: tuple[ModuleType, ...] = (casts, torch_dynamic, bnb, torchao, ort)  # in the order ``all`` runs them
+BUILTIN: tuple[ModuleType, ...] = (casts, torch_dynamic, bnb, torchao, ort, openvino)  # in the order ``all`` runs them
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 
 
@@ -60,6 +60,7 @@ class Registry:
         backend: str = "",
         compilable: bool = False,
         quantizes_linear: bool = True,
+        calibrated: bool = False,
     ) -> None:
         """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
         devices = frozenset(devices)
@@ -80,6 +81,7 @@ class Registry:
                 backend=backend,
                 compilable=compilable,
                 quantizes_linear=quantizes_linear,
+                calibrated=calibrated,
             )
         )
 

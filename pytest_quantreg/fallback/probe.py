@@ -1,9 +1,11 @@
 """Forward passes of a quantized model with chosen Linear layers restored to FP32, within a budget.
 
 The quantized model is built once: restoring a layer swaps its module for FP32's (a wrapper that
-casts the input to FP32 and the output back), and swaps it back afterwards. A model whose layers
-cannot be swapped (not a torch module, or without FP32's module names) is rebuilt by its precision
-with those layers kept in FP32 instead, one build per set. Passes run per sample at batch size 1,
+casts the input to FP32 and the output back), and swaps it back afterwards. A model that is not a
+torch module but restores layers itself (``with_fp32(layers, fp32_weights)``, as OpenVINO's does)
+makes a copy with them in FP32. Any other model whose layers cannot be swapped (an ONNX session, a
+model without FP32's module names) is rebuilt by its precision with those layers kept in FP32
+instead, one build per set. Passes run per sample at batch size 1,
 as the measured passes do, and each one counts against the budget.
 """
 

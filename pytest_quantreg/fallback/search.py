@@ -234,6 +234,8 @@ def find_fallback(
     layers = [layer for unit in candidates for layer in unit.layers]
     if probe.swappable(subject.model, fp32_model, layers):
         restored, strategy = probe.swapping(subject.model, fp32_model), "swap"
+    elif callable(getattr(subject.model, "with_fp32", None)):  # restores layers itself, without quantizing again (OpenVINO)
+        restored, strategy = probe.rebuilding(lambda extra: subject.model.with_fp32(extra, fp32_weights)), "restore"
     else:
         restored, strategy = probe.rebuilding(lambda extra: subject.rebuild((*subject.kept, *sorted(extra)))), "rebuild"
     passes = probe.Probe(restored, inputs, budget)

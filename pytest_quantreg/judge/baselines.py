@@ -49,6 +49,7 @@ class Provenance:
     labels: tuple[str, ...]
     device_type: str
     recipe: str | None = None  # the embedded example's recipe key: its identity where CPUs build other bits
+    calibration_sha256: str | None = None  # the static INT8 precisions' calibration texts (None: the data set leaves none)
 
     def filename(self) -> str:
         """A file name that cannot leave the baseline folder."""

@@ -56,7 +56,7 @@ class Dataset:
     @property
     def sha256(self) -> str:
         """Content hash of both splits: ids, labels and text digests, never the texts."""
-        return _digest((split, e.id, e.label) for split, part in (("train", self.train), ("eval", self.eval)) for e in part)
+        return digest((split, e.id, e.label) for split, part in (("train", self.train), ("eval", self.eval)) for e in part)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Sample:
     @property
     def sha256(self) -> str:
         """Content hash of the drawn examples (ids and labels, in order)."""
-        return _digest((e.id, e.label) for e in self.examples)
+        return digest((e.id, e.label) for e in self.examples)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -140,12 +140,12 @@ def draw_sample(dataset: Dataset, spec: SampleSpec, seed: int) -> Sample:
     by_label: dict[int, list[Example]] = defaultdict(list)
     for example in pool:
         by_label[example.label].append(example)
-    quotas = _allocate(size, {label: len(items) for label, items in by_label.items()})
+    quotas = allocate(size, {label: len(items) for label, items in by_label.items()})
     chosen: list[Example] = []
     for label, items in sorted(by_label.items()):
-        ranked = sorted(items, key=lambda e: _sha(f"{seed}:{e.id}"))
+        ranked = sorted(items, key=lambda e: sha(f"{seed}:{e.id}"))
         chosen.extend(ranked[: quotas[label]])
-    chosen.sort(key=lambda e: _sha(f"{seed}:{e.id}"))
+    chosen.sort(key=lambda e: sha(f"{seed}:{e.id}"))
     return Sample(dataset=dataset, spec=spec, seed=seed, examples=tuple(chosen))
 
 
@@ -190,9 +190,9 @@ def load_file(
         raise QuantregError(f"data set file {path} does not exist; pass an existing .csv or .jsonl file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        records = _read_csv(path)
+        records = read_csv(path)
     elif suffix in {".jsonl", ".ndjson"}:
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
     else:
         raise QuantregError(f"data set file {path} is neither .csv nor .jsonl; convert it to one of those")
     raw: list[tuple[str, int]] = []
@@ -223,7 +223,7 @@ def clean(rows: Iterable[tuple[str, int]], labels: Sequence[str]) -> tuple[tuple
         seen[" ".join(text.split())].add(label)
     conflicting = sum(1 for found in seen.values() if len(found) > 1)
     examples = sorted(
-        (Example(id=_text_id(text), text=text, label=found.pop()) for text, found in seen.items() if len(found) == 1),
+        (Example(id=text_id(text), text=text, label=found.pop()) for text, found in seen.items() if len(found) == 1),
         key=lambda e: e.id,
     )
     for example in examples:
@@ -246,7 +246,7 @@ def split(examples: Sequence[Example], eval_fraction: Fraction) -> tuple[tuple[E
     return tuple(sorted(train, key=lambda e: e.id)), tuple(sorted(evaluation, key=lambda e: e.id))
 
 
-def _allocate(size: int, counts: dict[int, int]) -> dict[int, int]:
+def allocate(size: int, counts: dict[int, int]) -> dict[int, int]:
     """Split ``size`` over labels in proportion to ``counts`` (largest remainder); when ``size`` allows,
     every label gets at least one example, so a rare class is never left out of the sample."""
     total = sum(counts.values())
@@ -282,7 +282,7 @@ def _label_id(value: object, labels: Sequence[str], where: str) -> int:
 DELIMITERS = (",", ";", "\t", "|")  # comma first: it wins a tie
 
 
-def _read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
+def read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
     """Rows of a CSV file by line number; the delimiter is the one that splits the header row into the
     most columns (a spreadsheet set to a European locale exports with semicolons)."""
     lines = _read_text(path).splitlines()
@@ -294,7 +294,7 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
     return [(number, dict(row)) for number, row in enumerate(reader, start=2)]
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
     records: list[tuple[int, dict[str, object]]] = []
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
@@ -322,15 +322,15 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
-def _text_id(text: str) -> str:
-    return _sha(text)[:16]
+def text_id(text: str) -> str:
+    return sha(text)[:16]
 
 
-def _sha(text: str) -> str:
+def sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _digest(items: Iterable[tuple[object, ...]]) -> str:
+def digest(items: Iterable[tuple[object, ...]]) -> str:
     h = hashlib.sha256()
     for item in items:
         h.update(json.dumps(item).encode("utf-8"))

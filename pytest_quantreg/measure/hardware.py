@@ -116,7 +116,7 @@ def int8_reduce_range(device: str) -> bool:
 
 
 # the libraries whose changes this tool guards against
-LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "onnxruntime", "onnx", "tokenizers", "numpy")
+LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "onnxruntime", "onnx", "openvino", "nncf", "tokenizers", "numpy")
 
 
 def version(name: str) -> str | None:

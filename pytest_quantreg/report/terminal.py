@@ -12,6 +12,7 @@ from pytest_quantreg.judge.gates import FP32, disturbance
 from pytest_quantreg.judge.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Metric, class_metrics
 from pytest_quantreg.judge.stats import Agreement, Reference, compare, latency_ratio
 from pytest_quantreg.measure import keep
+from pytest_quantreg.measure.calibration import COUNT_OPTION, FILE_OPTION
 from pytest_quantreg.measure.evaluation import Measurement
 from pytest_quantreg.measure.hardware import library_versions
 from pytest_quantreg.measure.weights import WeightReport
@@ -51,18 +52,33 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
             f"quantreg data: {run.subject.dataset.name} (sha256 {run.subject.dataset.sha256[:12]}), sample {len(sample)} "
             f"(--quantreg-samples={s.samples} --quantreg-seed={s.seed}, sha256 {sample.sha256[:12]}), max length {s.max_length}"
         )
+        calibrated = [name for name in run.selected if run.registry[name].calibrated]
+        if calibrated:
+            lines.append(_calibration_line(run, calibrated))
         unreadable = run.store.unreadable()  # found before any model is built
         if unreadable:
             lines.append(f"quantreg baseline: {unreadable}; the accuracy tests will fail on it")
     except QuantregError as exc:
         lines.append(f"quantreg: cannot load the model or data yet: {exc}")
     installed = library_versions()
-    shown = (*CORE, "torchao", "onnxruntime")  # the extras when installed
+    shown = (*CORE, "torchao", "onnxruntime", "openvino", "nncf")  # the extras when installed
     versions = ", ".join(f"{name} {installed[name]}" for name in shown if name in CORE or installed[name] != "not installed")
     lines.append(f"quantreg versions: {versions}")
     if hardware:
         lines.append(f"quantreg hardware: {run.subject.hardware.describe()}")
     return lines
+
+
+def _calibration_line(run: QuantregRun, calibrated: list[str]) -> str:
+    """Where the static precisions' calibration texts come from, or why there are none."""
+    try:
+        calibration = run.subject.calibration
+    except QuantregError as exc:
+        return f"quantreg calibration: {exc}; {', '.join(calibrated)} will fail"
+    return (
+        f"quantreg calibration of {', '.join(calibrated)}: {calibration.source}, none of them in the sample "
+        f"(sha256 {calibration.sha256[:12]}; {COUNT_OPTION}, {FILE_OPTION})"
+    )
 
 
 def _example_line() -> str:

@@ -86,7 +86,9 @@ class Builds:
         """``precision`` built keeping exactly the Linear layers ``names`` in FP32 (the fallback search's rebuilds)."""
         from pytest_quantreg.measure.loading import known_noise_filtered
 
-        context = BuildContext(self.subject.model_dir, self.settings.device, self.settings.trust_remote_code, names)
+        s = self.settings
+        calibration = self.subject.calibration if precision.calibrated else None
+        context = BuildContext(self.subject.model_dir, s.device, s.trust_remote_code, names, calibration, s.max_length)
         with library_failures(precision.name, "building", self.subject.hardware.describe), known_noise_filtered():
             return precision.build(context)
 

@@ -20,6 +20,7 @@ from pytest_quantreg.judge.sanity import Tokens
 from pytest_quantreg.measure.data import EMBEDDED_LABELS, Dataset, Sample, draw_sample, load_embedded, load_file
 
 if TYPE_CHECKING:
+    from pytest_quantreg.measure.calibration import Calibration
     from pytest_quantreg.measure.hardware import Hardware
     from pytest_quantreg.measure.inputs import Inputs
     from pytest_quantreg.settings import Settings
@@ -71,6 +72,23 @@ class Subject:
     @functools.cached_property
     def sample(self) -> Sample:
         return draw_sample(self.dataset, self.settings.samples, self.settings.seed)
+
+    @functools.cached_property
+    def calibration(self) -> Calibration:
+        """The static INT8 precisions' calibration texts: never texts of the sample (raises when there are none)."""
+        from pytest_quantreg.measure.calibration import draw_calibration, load_calibration
+
+        s = self.settings
+        if s.calibration_file is not None:
+            return load_calibration(s.calibration_file, s.text_column, self.sample, s.calibration_samples)
+        return draw_calibration(self.sample, s.calibration_samples, s.seed)
+
+    def calibration_hash(self) -> str | None:
+        """The calibration texts' hash for the provenance; None when the data set leaves none."""
+        try:
+            return self.calibration.sha256
+        except QuantregError:
+            return None
 
     @functools.cached_property
     def metric(self) -> Metric:
@@ -131,6 +149,7 @@ class Subject:
             labels=self.labels,
             device_type=self.settings.device_type,
             recipe=self.recipe_key,
+            calibration_sha256=self.calibration_hash(),
         )
 
     @functools.cached_property
