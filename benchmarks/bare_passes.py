@@ -21,6 +21,7 @@ import torch
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.measure.calibration import draw_calibration
 from pytest_quantreg.measure.data import draw_sample, load_embedded, load_file, parse_sample_spec
 from pytest_quantreg.measure.example import example_model
 from pytest_quantreg.measure.inputs import tokenize
@@ -40,7 +41,7 @@ def main() -> None:
     inputs = tokenize(load_tokenizer(folder), sample, 128)
     registry = builtin_registry()
     for name in args.precisions.split(","):
-        model = registry[name].build(BuildContext(folder, "cpu"))
+        model = registry[name].build(BuildContext(folder, "cpu", calibration=draw_calibration(sample, 300, 0)))
         with torch.inference_mode():
             predictions = [int(model(**encoding).logits.argmax()) for encoding in inputs.encodings]
         accuracy = sum(p == y for p, y in zip(predictions, inputs.labels, strict=True)) / len(predictions)

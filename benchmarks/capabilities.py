@@ -1,5 +1,6 @@
 """Target 8: the same verdicts on every CPU generation. Under ``ATEN_CPU_CAPABILITY=default``,
-``avx2`` and the machine's own capability (fresh processes, one after another) it runs the example
+``avx2`` (with oneDNN's and OpenVINO's caps to match: ``capability_env``) and the machine's own
+capability (fresh processes, one after another) it runs the example
 suite at every precision, then int8-dynamic corrupted (its accuracy tests) and slowed (its latency
 test; changed_precision.py). It prints each run's verdict, per precision and capability what the
 gates judge (accuracy drop, flip rate, mean KL, paired latency ratio), and the headroom each
@@ -21,6 +22,7 @@ from pathlib import Path
 from measure import PYTHON, ROOT, run
 
 from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.measure.hardware import KERNEL_ENV, capability_env
 
 CAPABILITIES = ("default", "avx2", "native")
 SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "--precision=all", "-p", "no:cacheprovider", "-q"]
@@ -34,7 +36,7 @@ GATES = (  # (extra_info key, gate, scale to the gate's unit, cell format)
 
 def suite(capability: str, folder: Path, record: bool) -> tuple[str, dict[str, dict]]:
     """One run of the suite under ``capability``: its pytest summary line and each precision's extra_info."""
-    env = {} if capability == "native" else {"ATEN_CPU_CAPABILITY": capability}
+    env = {} if capability == "native" else capability_env(capability)
     out = folder / f"{capability}.json"
     args = [*SUITE, f"--benchmark-json={out}", *(["--quantreg-record-latency"] if record else [])]
     result = run(args, env=env)
@@ -46,7 +48,7 @@ def suite(capability: str, folder: Path, record: bool) -> tuple[str, dict[str, d
 def changed(capability: str, change: str, test: str) -> str:
     """The verdict of int8-dynamic changed by ``change`` (changed_precision.py) in its ``test``, under ``capability``."""
     env = {"PYTHONPATH": str(ROOT / "benchmarks"), "QUANTREG_CHANGE": change}
-    env.update({} if capability == "native" else {"ATEN_CPU_CAPABILITY": capability})
+    env.update({} if capability == "native" else capability_env(capability))
     args = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "--precision=fp32,int8-dynamic", "-k", test]
     result = run([*args, "-p", "changed_precision", "-p", "no:cacheprovider", "-q", "-rf"], env=env)
     failures = re.findall(r"FAILED \S+\[int8-dynamic\] - (.*)", result.output)
@@ -56,7 +58,8 @@ def changed(capability: str, change: str, test: str) -> str:
 
 
 def main() -> None:
-    os.environ.pop("ATEN_CPU_CAPABILITY", None)
+    for key in KERNEL_ENV:
+        os.environ.pop(key, None)
     record = "--record" in sys.argv[1:]
     registry = builtin_registry()
     results = {}

@@ -33,6 +33,7 @@ from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.stats import latency_ratio
 from pytest_quantreg.measure import keep
+from pytest_quantreg.measure.calibration import draw_calibration
 from pytest_quantreg.measure.data import draw_sample, load_embedded, load_file, parse_sample_spec
 from pytest_quantreg.measure.evaluation import measure
 from pytest_quantreg.measure.example import example_model
@@ -70,7 +71,9 @@ def main() -> None:
     args = parser.parse_args()
     folder = args.model or example_model()
     dataset = load_embedded() if args.dataset is None else load_file(args.dataset, label_names(folder))
-    inputs = tokenize(load_tokenizer(folder), draw_sample(dataset, parse_sample_spec(args.samples), 0), 128)
+    sample = draw_sample(dataset, parse_sample_spec(args.samples), 0)
+    inputs = tokenize(load_tokenizer(folder), sample, 128)
+    calibration = draw_calibration(sample, 300, 0)  # the static precisions' texts, as the plugin draws them
     registry = builtin_registry()
     names = [n for n in registry.select(args.precisions, "cpu") if not registry[n].unavailable_reason("cpu")]
     models = {}
@@ -78,7 +81,8 @@ def main() -> None:
     for name in names:
         try:
             with known_noise_filtered():
-                models[name] = registry[name].build(BuildContext(folder, "cpu", keep_fp32=() if name == "fp32" else kept))
+                ctx = BuildContext(folder, "cpu", keep_fp32=() if name == "fp32" else kept, calibration=calibration)
+                models[name] = registry[name].build(ctx)
         except Exception as exc:  # a backend that cannot run on this CPU: say so and go on
             print(f"{name}: not built ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", file=sys.stderr)
     fp32 = models["fp32"]

@@ -13,9 +13,11 @@ tiny project does not gate it unless a test says so on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
 import importlib.util
+import pkgutil
 import random
 import subprocess
 import sys
@@ -110,7 +112,8 @@ def bitsandbytes_imported() -> None:
     bitsandbytes and torchao register torch operators on import, and onnx and onnxruntime register
     their protobuf and pybind11 types (a second registration aborts the process): none can be
     imported twice in a process. In-process pytester runs drop the modules they imported, so they
-    must be imported out here.
+    must be imported out here. NNCF registers its OpenVINO metatypes and algorithm backends in
+    registries of its own when their modules first load, lazily: all of them are loaded here.
     """
     from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
 
@@ -118,6 +121,15 @@ def bitsandbytes_imported() -> None:
         if importlib.util.find_spec(module.partition(".")[0]) is not None:
             with quiet_loggers(*LOAD_NOISE):
                 importlib.import_module(module)
+    if importlib.util.find_spec("nncf") is not None:
+        import nncf.openvino
+        import nncf.quantization
+
+        for package in (nncf.openvino, nncf.quantization):
+            for found in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+                if ".torch" not in found.name and ".onnx" not in found.name and ".tensorflow" not in found.name:
+                    with contextlib.suppress(ImportError):
+                        importlib.import_module(found.name)
 
 
 @pytest.fixture

@@ -23,9 +23,10 @@ from pytest_quantreg.backends.casts import bf16_blocked
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import file_sha256
-from pytest_quantreg.measure import keep
+from pytest_quantreg.measure import hardware, keep
 from pytest_quantreg.measure.example import CACHE_ENV, example_model, read_manifest
 from pytest_quantreg.measure.failures import failing_library
+from pytest_quantreg.measure.hardware import KERNEL_ENV
 from pytest_quantreg.measure.loading import known_noise_filtered
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +35,9 @@ LINEAR_BACKENDS = ["int8-dynamic", "int8-bnb", "int4-nf4", "int4-fp4"]
 
 
 def capability_env(capability: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")}
-    return {**env, "ATEN_CPU_CAPABILITY": capability} if capability else env
+    """This process's environment without kernel caps, with ``capability``'s for torch and OpenVINO (None: native)."""
+    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
+    return {**env, **hardware.capability_env(capability)} if capability else env
 
 
 # -- the example is the same model everywhere ---------------------------------------------------------

@@ -144,7 +144,7 @@ def test_openvino_and_static_int8_end_to_end_on_the_tiny_model(quantreg_pytester
         assert info["flip_rate"] <= 0.1, name
     assert bench["openvino-fp32"]["extra_info"]["flip_rate"] == 0
     assert bench["openvino-fp32"]["extra_info"]["kl_mean"] < 1e-6  # inference precision f32: what FP32 computes
-    assert bench["openvino-fp32"]["extra_info"]["size_mb"] == pytest.approx(fp32_mb, rel=0.15)  # the IR: weights and graph
+    assert bench["openvino-fp32"]["extra_info"]["size_mb"] == pytest.approx(fp32_mb, rel=0.25)  # the IR: weights, and a graph as large here
     for name in ("openvino-int8-weight", "openvino-int8-static", "onnx-int8-static"):
         assert bench[name]["extra_info"]["size_mb"] < 0.8 * fp32_mb, name
 
@@ -178,7 +178,9 @@ def test_layers_kept_in_fp32_are_kept_by_nncf_and_static_onnx(quantreg_pytester:
     result.assert_outcomes(passed=3)
     layers = weight_layers(quantreg_pytester.path / "weights.json")
     for name in ("openvino-int8-weight", "openvino-int8-static", "onnx-int8-static"):
-        assert layers[name][kept]["snr_db"] is None, name  # FP32 weights, exactly
+        snr = layers[name][kept]["snr_db"]
+        # FP32 weights: exactly, or (NNCF's SmoothQuant scales a kept layer too) up to float rounding
+        assert snr is None or (name == "openvino-int8-static" and snr > 120), (name, snr)
         assert "kept in FP32" in layers[name][kept]["storage"], name
         assert layers[name]["bert.encoder.layer.0.output.dense"]["snr_db"] is not None, name  # its neighbour is quantized
     assert any(line.startswith("kept in FP32") and line.count(f"{kept}, classifier") == 3 for line in result.stdout.lines)
@@ -213,28 +215,37 @@ def test_static_builds_are_cached_per_calibration(
     ]
 
 
+BROKEN = {
+    "one text repeated": [other_texts(1)[0]] * 50,
+    "another language": [f"zzq{i} xxv{i} qqy{i}" for i in range(50)],  # words the tokenizer does not know: all [UNK]
+    "one word repeated": ["w1"] * 50,
+}
+
+
 @needs_openvino
 @needs_onnx
-@pytest.mark.parametrize("broken", ["one text repeated", "another language"])
-def test_a_broken_calibration_shows_in_the_gates(quantreg_pytester: pytest.Pytester, tmp_path: Path, broken: str) -> None:
-    """Ranges fitted on one text, or on words the tokenizer does not know, clip the evaluation texts' activations."""
+@pytest.mark.parametrize(
+    ("precision", "broken"),
+    [
+        ("openvino-int8-static", "one text repeated"),
+        ("openvino-int8-static", "another language"),
+        ("onnx-int8-static", "one word repeated"),
+    ],
+)
+def test_a_broken_calibration_shows_in_the_gates(quantreg_pytester: pytest.Pytester, tmp_path: Path, precision: str, broken: str) -> None:
+    """Ranges fitted on texts unlike the evaluation texts clip their activations. Measured on the tiny model
+    (flips of 60): NNCF 2 with good texts, 22 with one text repeated, 26 with unknown words; ONNX Runtime,
+    whose MinMax ranges are averaged over the texts, 1, 1 and 3, and 14 with a one-word text repeated."""
     record_baseline(quantreg_pytester)
-    good = quantreg_pytester.runpytest(
-        "--precision=openvino-int8-static,onnx-int8-static",
-        f"--quantreg-calibration-file={texts_file(tmp_path / 'good.csv', other_texts())}",
-        "-k",
-        "accuracy",
-    )
-    good.assert_outcomes(passed=2)
-    texts = [other_texts(1)[0]] * 50 if broken == "one text repeated" else [f"zzq{i} xxv{i} qqy{i}" for i in range(50)]
-    bad = quantreg_pytester.runpytest(
-        "--precision=openvino-int8-static,onnx-int8-static",
-        f"--quantreg-calibration-file={texts_file(tmp_path / 'bad.csv', texts)}",
-        "-k",
-        "accuracy",
-    )
-    bad.assert_outcomes(failed=2)
-    bad.stdout.fnmatch_lines(["*flip rate*"])
+    runs = {}
+    for name, texts in (("good", other_texts()), ("bad", BROKEN[broken])):
+        calibration = texts_file(tmp_path / f"{name}.csv", texts)
+        runs[name] = quantreg_pytester.runpytest(
+            f"--precision={precision}", f"--quantreg-calibration-file={calibration}", *TINY_GATES, "-k", "accuracy"
+        )
+    runs["good"].assert_outcomes(passed=1)
+    runs["bad"].assert_outcomes(failed=1)
+    runs["bad"].stdout.fnmatch_lines(["*flip rate * > max 10.00% (command line: --quantreg-max-flip-rate)"])
 
 
 @needs_onnx

@@ -25,7 +25,18 @@ _FEATURES = (
     ("amx", "_is_amx_tile_supported"),
 )
 # Environment variables that make torch and its kernel libraries use an older CPU generation's code
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+# oneDNN's cap for each torch capability: OpenVINO's CPU plugin picks its kernels through oneDNN, so a run
+# that emulates an older CPU for torch sets it too (OV_CPU_MAX_ISA caps OpenVINO's own kernels where the
+# build honours it; 2026.4's release wheels read only ONEDNN_MAX_CPU_ISA)
+ONEDNN_ISA = {"default": "SSE41", "avx2": "AVX2"}
+
+
+def capability_env(capability: str) -> dict[str, str]:
+    """The environment that runs torch's and OpenVINO's CPU kernels as on an older CPU generation
+    (``ATEN_CPU_CAPABILITY=default`` or ``avx2``); read when the libraries load, so set it for a new process."""
+    isa = ONEDNN_ISA[capability.lower()]
+    return {"ATEN_CPU_CAPABILITY": capability, "ONEDNN_MAX_CPU_ISA": isa, "OV_CPU_MAX_ISA": isa}
 
 
 @dataclass(frozen=True)
