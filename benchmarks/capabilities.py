@@ -7,7 +7,7 @@ gates judge (accuracy drop, flip rate, mean KL, paired latency ratio), and the h
 default limit leaves over the worst capability. ``--record`` first records each capability's
 latency ratios in baselines/ (``--quantreg-record-latency``), which the slowed run is judged against.
 
-    .venv/bin/python benchmarks/capabilities.py [--record]
+    [QUANTREG_BENCH_PRECISIONS=fp32,NAME,...] .venv/bin/python benchmarks/capabilities.py [--record]
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.measure.hardware import KERNEL_ENV, capability_env
 
 CAPABILITIES = ("default", "avx2", "native")
-SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "--precision=all", "-p", "no:cacheprovider", "-q"]
+PRECISIONS = os.environ.get("QUANTREG_BENCH_PRECISIONS", "all")  # e.g. fp32,openvino-int8-static: only those
+SUITE = [PYTHON, "-m", "pytest", "tests/test_quantization.py", "-p", "no:cacheprovider", "-q"]
 GATES = (  # (extra_info key, gate, scale to the gate's unit, cell format)
     ("accuracy_drop_pp", "max_drop", 1, "{:.2f}"),
     ("flip_rate", "max_flip_rate", 100, "{:.2f}"),
@@ -38,9 +39,11 @@ def suite(capability: str, folder: Path, record: bool) -> tuple[str, dict[str, d
     """One run of the suite under ``capability``: its pytest summary line and each precision's extra_info."""
     env = {} if capability == "native" else capability_env(capability)
     out = folder / f"{capability}.json"
-    args = [*SUITE, f"--benchmark-json={out}", *(["--quantreg-record-latency"] if record else [])]
+    args = [*SUITE, f"--precision={PRECISIONS}", f"--benchmark-json={out}", *(["--quantreg-record-latency"] if record else [])]
     result = run(args, env=env)
-    summary = re.findall(r"=+ (.*(?:passed|failed).*) in [\d.]+s", result.output)
+    for line in re.findall(r"^FAILED .*$", result.output, re.MULTILINE):
+        print(f"  {capability}: {line}", flush=True)
+    summary = re.findall(r"(\d+ (?:passed|failed).*) in [\d.]+s", result.output)
     infos = {b["extra_info"]["precision"]: b["extra_info"] for b in json.loads(out.read_text())["benchmarks"]}
     return (summary[-1] if summary else f"exit {result.returncode}"), infos
 
@@ -77,7 +80,7 @@ def main() -> None:
     for name in names:
         cells = []
         for key, _, scale, fmt in GATES:
-            values = [results[c][name].get(key) for c in CAPABILITIES]
+            values = [results[c].get(name, {}).get(key) for c in CAPABILITIES]
             cells.append(" / ".join(fmt.format(v * scale) if isinstance(v, float | int) else "-" for v in values))
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("\nheadroom: default limit over the worst value of the three capabilities (latency: over the worst CI upper bound)")
@@ -86,9 +89,9 @@ def main() -> None:
         for key, gate, scale, _ in GATES:
             limit = registry[name].default_limit(gate, "cpu")
             if key == "latency_ratio":
-                values = [results[c][name].get("latency_ratio_ci95", [None, None])[1] for c in CAPABILITIES]
+                values = [(results[c].get(name, {}).get("latency_ratio_ci95") or [None, None])[1] for c in CAPABILITIES]
             else:
-                values = [results[c][name].get(key) for c in CAPABILITIES]
+                values = [results[c].get(name, {}).get(key) for c in CAPABILITIES]
             worst = max((v * scale for v in values if v is not None), default=None)
             if limit is None or worst is None:
                 cells.append(f"{gate} -")

@@ -20,7 +20,7 @@ from custom_precisions import CUSTOM_PRECISIONS
 
 from conftest import run_example
 from pytest_quantreg.backends.base import BuildContext
-from pytest_quantreg.backends.ort import onnx_nodes
+from pytest_quantreg.backends.onnx_weights import onnx_nodes
 from pytest_quantreg.backends.registry import builtin_registry, keep_settings
 from pytest_quantreg.fallback.probe import Budget, BudgetExhausted, Probe, rebuilding, swapping
 from pytest_quantreg.fallback.units import model_units, set_change

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends import cache
 from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
+from pytest_quantreg.backends.onnx_weights import StoredWeight, dequantized, onnx_nodes, stored_weights, weight_initializers
 from pytest_quantreg.measure.loading import MB, quiet_loggers
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ EXTRA = "onnx"
 REQUIRES = ("onnxruntime", "onnx")
 LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")  # their versions key the cached files
 BACKEND = Backend(
-    "onnxruntime", lambda layers: f"quantize_dynamic(..., nodes_to_exclude={sorted(node for n in layers for node in onnx_nodes(n))!r})"
+    "onnxruntime",
+    lambda layers: f"quantize_dynamic or quantize_static(..., nodes_to_exclude={sorted(node for n in layers for node in onnx_nodes(n))!r})",
 )
 OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript)"
@@ -41,16 +43,6 @@ class Logits:
     """What a forward pass returns, as a transformers model's output does."""
 
     logits: torch.Tensor
-
-
-@dataclass(frozen=True)
-class StoredWeight:
-    """Where a Linear layer's weight is in an ONNX file: its initializer (``_quantized``, ``_scale`` and
-    ``_zero_point`` beside it when quantized), and whether it is stored ``[in, out]`` as MatMul takes it."""
-
-    initializer: str
-    in_out: bool
-    quantized: bool
 
 
 @dataclass
@@ -79,27 +71,8 @@ class OnnxClassifier:
         return tuple(name for name in names if name in self.weights and not self.weights[name].quantized)
 
     def dequantized_weights(self) -> Iterator[tuple[str, torch.Tensor, str]]:
-        """Every Linear layer's weight as float32 ``[out, in]``: int8 initializers dequantized with their
-        per-channel scales and zero points, FP32 ones as they are (the weight report's rows)."""
-        import onnx
-        import torch
-        from onnx import numpy_helper
-
-        stored = {item.name: item for item in onnx.load(str(self.path)).graph.initializer}
-        for layer, where in self.weights.items():
-            name = where.initializer
-            if where.quantized:
-                codes = numpy_helper.to_array(stored[f"{name}_quantized"]).astype("float64")
-                scale = numpy_helper.to_array(stored[f"{name}_scale"]).astype("float64")
-                zero = numpy_helper.to_array(stored[f"{name}_zero_point"]).astype("float64")
-                if scale.size > 1 and not where.in_out:  # one scale per output channel: rows of an [out, in] weight
-                    scale, zero = scale[:, None], zero[:, None]
-                weight = (codes - zero) * scale
-                storage = f"onnxruntime int8 {'per-channel' if scale.size > 1 else 'per-tensor'}"
-            else:
-                weight, storage = numpy_helper.to_array(stored[name]).astype("float64"), "onnx float32"
-            tensor = torch.from_numpy(weight).float()
-            yield layer, (tensor.T if where.in_out else tensor).contiguous(), storage
+        """Every Linear layer's weight as float32 ``[out, in]`` (the weight report's rows)."""
+        return dequantized(self.path, self.weights)
 
 
 def input_order(model: torch.nn.Module, names: Sequence[str]) -> tuple[str, ...]:
@@ -123,7 +96,7 @@ def export(ctx: BuildContext, order: Sequence[str] | None = None) -> tuple[Path,
     names = tuple(order) if order is not None else input_order(structure, list(encoding))
     key = cache.key({"weights": cache.weights_digest(ctx.model_dir), "inputs": names, "opset": OPSET, "exporter": EXPORTER}, LIBRARIES)
     path = _cached(key, "fp32", lambda out: _export(ctx.load().to("cpu"), encoding, names, out))
-    return path, _weight_initializers(path, structure)
+    return path, weight_initializers(path, structure)
 
 
 def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Sequence[str], out: Path) -> None:
@@ -142,59 +115,6 @@ def _export(model: torch.nn.Module, encoding: dict[str, torch.Tensor], names: Se
             opset_version=OPSET,
             dynamo=False,
         )
-
-
-def onnx_nodes(layer: str) -> tuple[str, str, str]:
-    """The nodes ``torch.onnx.export`` (TorchScript exporter) names for Linear layer ``layer``: MatMul, or
-    Gemm for 2-D inputs (pooler, head), which ONNX Runtime's dynamic quantization first rewrites as a
-    MatMul named ``.../Gemm_MatMul``: ``bert.encoder.layer.0.output.dense`` ->
-    ``/bert/encoder/layer.0/output/dense/MatMul``. ONNX Runtime ignores excluded names it does not find."""
-    parts: list[str] = []
-    for part in layer.split("."):
-        if part.isdigit() and parts:
-            parts[-1] += f".{part}"
-        else:
-            parts.append(part)
-    scope = "/" + "/".join(parts)
-    return f"{scope}/MatMul", f"{scope}/Gemm", f"{scope}/Gemm_MatMul"
-
-
-def _weight_initializers(path: Path, model: torch.nn.Module) -> dict[str, StoredWeight]:
-    """Linear layer -> its weight in the FP32 export: the MatMul's (``[in, out]``) or Gemm's input B."""
-    import onnx
-
-    from pytest_quantreg.measure.keep import linear_layers
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    nodes = {node.name: node for node in graph.node}
-    found = {}
-    for layer, _ in linear_layers(model):
-        for name in onnx_nodes(layer):
-            node = nodes.get(name)
-            if node is not None and len(node.input) > 1:
-                trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
-                found[layer] = StoredWeight(node.input[1], node.op_type == "MatMul" or not trans_b, quantized=False)
-    return found
-
-
-def stored_weights(path: Path, fp32: dict[str, StoredWeight]) -> dict[str, StoredWeight]:
-    """Where each layer's weight went in a file quantized from the export: ``W_quantized``, or
-    ``W_Transposed_quantized`` for a Gemm that ONNX Runtime rewrote as a MatMul; ``W`` (or ``W_Transposed``)
-    when it was left in FP32."""
-    import onnx
-
-    names = {item.name for item in onnx.load(str(path), load_external_data=False).graph.initializer}
-    found = {}
-    for layer, where in fp32.items():
-        if f"{where.initializer}_quantized" in names:
-            found[layer] = StoredWeight(where.initializer, where.in_out, quantized=True)
-        elif f"{where.initializer}_Transposed_quantized" in names:
-            found[layer] = StoredWeight(f"{where.initializer}_Transposed", in_out=True, quantized=True)
-        elif f"{where.initializer}_Transposed" in names:  # a Gemm rewritten as a MatMul and left in FP32
-            found[layer] = StoredWeight(f"{where.initializer}_Transposed", in_out=True, quantized=False)
-        elif where.initializer in names:
-            found[layer] = where
-    return found
 
 
 def quantize(fp32: Path, ctx: BuildContext) -> Path:
