@@ -31,7 +31,8 @@ def _usage_error(result: pytest.RunResult, message: str) -> None:
         (
             ["--precision=int9"],
             "unknown precision 'int9'; valid names: fp32, fp16, bf16, int8-dynamic, int8-bnb, int4-nf4, int4-fp4, torchao-int8-dynamic, "
-            "torchao-int8-dynamic+compile, torchao-int8-weight, torchao-int4-weight, onnx-fp32, onnx-int8-dynamic, int8, int4, all "
+            "torchao-int8-dynamic+compile, torchao-int8-weight, torchao-int4-weight, onnx-fp32, onnx-int8-dynamic, onnx-int8-static, "
+            "openvino-fp32, openvino-int8-weight, openvino-int8-static, int8, int4, all "
             "(and NAME+compile of fp32, fp16, bf16, torchao-*)",
         ),
         (["--precision=,"], "no precision selected"),

@@ -81,7 +81,10 @@ def test_onnx_runtime_next_to_fp32_leaves_fp32_its_own_speed(tiny_model_dir: Pat
         pytest.skip("the machine was busy while FP32 was timed alone: no reference to compare with")
     assert paired.paired_s is not None
     partner_ms = statistics.median(fp32_s for _, fp32_s in paired.paired_s) * 1000
-    assert partner_ms == pytest.approx(alone.latency.median_ms, rel=0.15), f"alone {alone.latency.median_ms:.3f} ms"
+    # What a spinning pool does is slow the partner down by an order of magnitude. Forwards of 2 ms on this shared
+    # machine move by more than the 15% this test once allowed, in both directions and at the previous commit too
+    # (partner 2.1 against 2.8 ms alone, 2.8 against 1.6): the fine check is benchmarks/isolation.py's.
+    assert partner_ms <= alone.latency.median_ms * 2, f"partner {partner_ms:.3f} ms, alone {alone.latency.median_ms:.3f} ms"
 
 
 def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pytester: pytest.Pytester) -> None:

@@ -29,6 +29,11 @@ def _bnb(**config: Any) -> Builder:
     return build
 
 
+# Their CPU paths' speed in a whole-suite process moves between runs of the same machine more than 10%:
+# int4-nf4 1.35 and 1.59 times FP32, int8-bnb 2.73 and 4.43 (same hardware class, quiet machine), as eager torchao's does
+LATENCY_INCREASE = 40.0
+
+
 def precisions() -> list[Precision]:
     """int8-bnb, int4-nf4 and int4-fp4. On a CPU their latency limits are ceilings against a catastrophe."""
     return [
@@ -42,6 +47,7 @@ def precisions() -> list[Precision]:
             max_flip_rate=3.0,
             max_kl=0.01,
             backend=BACKEND.name,
+            max_latency_increase=LATENCY_INCREASE,
         ),
         *(
             Precision(
@@ -54,6 +60,7 @@ def precisions() -> list[Precision]:
                 max_flip_rate=10.0,
                 max_kl=0.1,
                 backend=BACKEND.name,
+                max_latency_increase=LATENCY_INCREASE,
                 # its CPU kernels for AVX-512 BF16 crash on layers with fewer than 64 inputs (ELECTRA's and ALBERT's
                 # embedding projections, any hidden-32 model); kept in FP32 on every CPU, the verdict stays portable
                 min_linear_inputs=64,

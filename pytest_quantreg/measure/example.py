@@ -280,9 +280,9 @@ def _kernels_used() -> dict[str, object]:
     """The CPU kernels the build ran, for its manifest."""
     import torch
 
-    from pytest_quantreg.measure.hardware import KERNEL_ENV
+    from pytest_quantreg.measure.hardware import TORCH_KERNEL_ENV
 
-    env = {key: os.environ[key] for key in KERNEL_ENV if os.environ.get(key)}
+    env = {key: os.environ[key] for key in TORCH_KERNEL_ENV if os.environ.get(key)}  # the ones the build's torch reads
     return {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "env": env, "machine": platform.machine()}
 
 

@@ -25,7 +25,8 @@ _FEATURES = (
     ("amx", "_is_amx_tile_supported"),
 )
 # Environment variables that make torch and its kernel libraries use an older CPU generation's code
-KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OV_CPU_MAX_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+TORCH_KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
+KERNEL_ENV = (*TORCH_KERNEL_ENV, "OV_CPU_MAX_ISA")
 # oneDNN's cap for each torch capability: OpenVINO's CPU plugin picks its kernels through oneDNN, so a run
 # that emulates an older CPU for torch sets it too (OV_CPU_MAX_ISA caps OpenVINO's own kernels where the
 # build honours it; 2026.4's release wheels read only ONEDNN_MAX_CPU_ISA)
