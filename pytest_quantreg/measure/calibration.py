@@ -10,13 +10,12 @@ baseline's provenance and into the cache key of every model calibrated on them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.measure.data import Example, Sample, allocate, digest, read_csv, read_jsonl, sha, text_id
+from pytest_quantreg.measure.data import Sample, digest, read_csv, read_jsonl, stratified, text_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -56,7 +55,7 @@ def draw_calibration(sample: Sample, count: int, seed: int) -> Calibration:
             f"evaluation sample, and calibrating on them would judge static INT8 on the texts it was fitted to; evaluate fewer "
             f"(e.g. --quantreg-samples={max(1, len(sample) * 2 // 3)}) or pass calibration texts with {FILE_OPTION}=FILE"
         )
-    chosen = _stratified(pool, min(count, len(pool)), seed)
+    chosen = stratified(pool, min(count, len(pool)), f"calibration:{seed}:")
     where = "training split" if pool is train else ("examples outside the sample" if not train else "training split and unsampled examples")
     source = f"{len(chosen)} texts of the {where} of {dataset.name}, stratified, seed {seed}"
     if len(chosen) < count:
@@ -95,14 +94,3 @@ def load_calibration(path: Path, text_column: str, sample: Sample, count: int) -
     if dropped:
         source += f" ({dropped} left out: they are in the evaluation sample)"
     return Calibration(tuple(texts.values()), source, digest((key,) for key in texts), dropped)
-
-
-def _stratified(pool: list[Example], size: int, seed: int) -> list[Example]:
-    by_label: dict[int, list[Example]] = defaultdict(list)
-    for example in pool:
-        by_label[example.label].append(example)
-    quotas = allocate(size, {label: len(items) for label, items in by_label.items()})
-    chosen: list[Example] = []
-    for label, items in sorted(by_label.items()):
-        chosen.extend(sorted(items, key=lambda e: sha(f"calibration:{seed}:{e.id}"))[: quotas[label]])
-    return sorted(chosen, key=lambda e: sha(f"calibration:{seed}:{e.id}"))

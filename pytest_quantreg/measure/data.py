@@ -136,17 +136,21 @@ def draw_sample(dataset: Dataset, spec: SampleSpec, seed: int) -> Sample:
     pool = dataset.eval
     if not pool:
         raise QuantregError(f"data set {dataset.name!r} has no evaluation examples to sample from")
-    size = spec.size(len(pool))
+    chosen = stratified(pool, spec.size(len(pool)), f"{seed}:")
+    return Sample(dataset=dataset, spec=spec, seed=seed, examples=tuple(chosen))
+
+
+def stratified(pool: Sequence[Example], size: int, salt: str) -> list[Example]:
+    """``size`` examples of ``pool``, each label its share by largest remainder, ranked within a label
+    (and ordered in the result) by the hash of ``salt`` and the example's id."""
     by_label: dict[int, list[Example]] = defaultdict(list)
     for example in pool:
         by_label[example.label].append(example)
     quotas = allocate(size, {label: len(items) for label, items in by_label.items()})
     chosen: list[Example] = []
     for label, items in sorted(by_label.items()):
-        ranked = sorted(items, key=lambda e: sha(f"{seed}:{e.id}"))
-        chosen.extend(ranked[: quotas[label]])
-    chosen.sort(key=lambda e: sha(f"{seed}:{e.id}"))
-    return Sample(dataset=dataset, spec=spec, seed=seed, examples=tuple(chosen))
+        chosen.extend(sorted(items, key=lambda e: sha(f"{salt}{e.id}"))[: quotas[label]])
+    return sorted(chosen, key=lambda e: sha(f"{salt}{e.id}"))
 
 
 def load_embedded(eval_fraction: Fraction = EVAL_FRACTION) -> Dataset:
