@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import record_baseline
+
 
 def _usage_error(result: pytest.RunResult, message: str) -> None:
     """Exit 4, the message on stderr (``*`` matches anything), no traceback anywhere."""
@@ -231,7 +233,7 @@ def _json_edit(change: Callable[[dict], None]) -> Callable[[str], str]:
 def test_unusable_baseline_fails_the_gate_and_is_kept(
     quantreg_pytester: pytest.Pytester, damage: Callable[[str], str], message: str
 ) -> None:
-    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester)
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     path.write_text(damage(path.read_text()))
     damaged = path.read_bytes()
@@ -247,8 +249,7 @@ def test_baseline_names_cannot_leave_the_baseline_folder(quantreg_pytester: pyte
     sneaky = quantreg_pytester.path / ".." / ".."
     model = quantreg_pytester.path / "m" / ".."
     shutil.copytree(tiny_model_dir, quantreg_pytester.path / "m")
-    result = quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", f"--quantreg-model={model}/m")
-    result.assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester, f"--quantreg-model={model}/m")
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     assert path.parent == quantreg_pytester.path / "baselines"
     assert not list(sneaky.resolve().glob("*.json"))
@@ -387,7 +388,7 @@ def test_a_broken_reference_is_not_recorded_without_the_explicit_option(
 def test_a_corrupt_baseline_is_reported_before_any_model_is_built(quantreg_pytester: pytest.Pytester, tiny_model_dir: Path) -> None:
     """The header says so, read from the file alone (the baseline's name needs no model: the example
     takes minutes to train), and the accuracy test fails on it before anything is measured."""
-    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester)
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     path.write_text("{broken", encoding="utf-8")
     result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")

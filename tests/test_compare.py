@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from conftest import record_baseline
+
 REPO = Path(__file__).resolve().parents[1]
 MINE = textwrap.dedent(
     """
@@ -41,7 +43,7 @@ def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def project(quantreg_pytester: pytest.Pytester) -> pytest.Pytester:
     """The tiny project with the "mine" precision and a recorded FP32 baseline."""
     quantreg_pytester.makeconftest(MINE.format(broken=False))
-    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester)
     return quantreg_pytester
 
 

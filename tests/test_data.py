@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import record_baseline
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.measure.data import (
     EMBEDDED_LABELS,
@@ -176,6 +177,5 @@ def test_a_semicolon_export_runs_the_suite(quantreg_pytester: pytest.Pytester, t
     export = quantreg_pytester.path / "export.csv"
     with export.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, delimiter=";").writerows(rows)
-    result = quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", f"--quantreg-dataset={export}")
-    result.assert_outcomes(passed=2)
+    result = record_baseline(quantreg_pytester, f"--quantreg-dataset={export}")
     result.stdout.fnmatch_lines([f"quantreg data: export.csv (sha256 *), sample {len(rows) - 1} *"])

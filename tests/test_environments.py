@@ -9,13 +9,15 @@ import re
 import pytest
 from custom_precisions import CUSTOM_PRECISIONS
 
+from conftest import record_baseline
+
 NO_QUANTIZED = (
     "quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {names} was skipped (reasons above); this run says nothing about them"
 )
 
 
 def _record(pytester: pytest.Pytester) -> None:
-    pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(pytester)
 
 
 @pytest.mark.parametrize(

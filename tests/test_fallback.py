@@ -18,7 +18,7 @@ import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
 
-from conftest import run_example
+from conftest import record_baseline, run_example
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.onnx_weights import onnx_nodes
 from pytest_quantreg.backends.registry import builtin_registry, keep_settings
@@ -34,7 +34,7 @@ CORRUPTED = "bert.encoder.layer.1.output.dense"
 def project(quantreg_pytester: pytest.Pytester) -> pytest.Pytester:
     """The tiny project with the test-only precisions and a recorded FP32 baseline."""
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
-    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester)
     return quantreg_pytester
 
 

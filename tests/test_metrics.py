@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, recall_score
 
-from conftest import EXAMPLE_TESTS, labelled_csv, lenient_project, save_tiny, tiny_logits, tiny_model, tiny_texts
+from conftest import EXAMPLE_TESTS, labelled_csv, lenient_project, record_baseline, save_tiny, tiny_logits, tiny_model, tiny_texts
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.metrics import ACCURACY_METRIC, check_sample, class_metrics, flips_by_class, paired_drop, parse_metric
 from pytest_quantreg.measure.data import CleaningReport, Dataset, Example, SampleSpec, draw_sample
@@ -152,7 +152,7 @@ def project(bitsandbytes_imported: None, pytester: pytest.Pytester, three_labels
     )
     pytester.makepyfile(test_regression=EXAMPLE_TESTS)
     pytester.makeconftest(DRIFT)
-    pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(pytester)
     return pytester
 
 

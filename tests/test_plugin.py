@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 from custom_precisions import CUSTOM_PRECISIONS
 
-
-def record_baseline(pytester: pytest.Pytester, *args: str) -> None:
-    result = pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", *args)
-    result.assert_outcomes(passed=2)
+from conftest import record_baseline
+from pytest_quantreg.measure.timing import MIN_CLEAN_SHARE
 
 
 def test_help_names_every_built_in_precision(pytester: pytest.Pytester) -> None:
@@ -264,21 +262,35 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     assert "test_only_fp32[fp16]" not in collected
 
 
-@pytest.mark.parametrize(("option", "pairs"), [((), 50), (("--quantreg-latency-pairs=12",), 12)])
-def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester, option: tuple[str, ...], pairs: int) -> None:
+def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     result = quantreg_pytester.runpytest(
-        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5", *option
+        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5"
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
-            f"*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], {pairs} paired samples)",
+            "*slow is too slow against FP32: latency ratio * (95% CI [[]*, *], * paired samples)",
             "  - the whole interval is above max 1.500 (command line: --quantreg-max-latency-ratio)",
             "*paired medians: * ms vs FP32 * ms, timed back to back on the same samples",
             "latency ratio, paired [[]95% CI] | * 1 (reference) | * [[]*, *] |*",
         ]
     )
+    # 50 pairs by default; a pair still disturbed by other work after its re-timing is left out
+    timed = int(re.search(r"\], (\d+) paired samples\)", result.stdout.str())[1])  # type: ignore[index]
+    assert MIN_CLEAN_SHARE * 50 <= timed <= 50
+
+
+def test_latency_pairs_option_sets_how_many_pairs_are_timed(quantreg_pytester: pytest.Pytester) -> None:
+    """Its verdict is not asserted: 12 pairs of a 1 ms model on a shared machine can leave a 5x slowdown's
+    interval wide enough to reach 1.5 (the reason the default is 50)."""
+    quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
+    args = ("--precision=fp32,slow", "-k", "latency", "--quantreg-latency-pairs=12", "--benchmark-json=bench.json")
+    quantreg_pytester.runpytest(*args)
+    benchmarks = json.loads((quantreg_pytester.path / "bench.json").read_text())["benchmarks"]
+    (info,) = [b["extra_info"] for b in benchmarks if b["params"]["quantreg_precision"] == "slow"]
+    assert info["latency_pairs_wanted"] == 12
+    assert MIN_CLEAN_SHARE * 12 <= info.get("latency_pairs", 12) <= 12
 
 
 def test_unavailable_precision_is_skipped_with_the_reason(quantreg_pytester: pytest.Pytester) -> None:

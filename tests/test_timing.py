@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import record_baseline
 from pytest_quantreg.measure import timing
 from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
 from pytest_quantreg.measure.evaluation import measure
@@ -95,7 +96,7 @@ def test_onnx_runtime_next_to_fp32_leaves_fp32_its_own_speed(tiny_model_dir: Pat
 
 def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pytester: pytest.Pytester) -> None:
     """Every core taken by a busy loop: the latency tests say the machine was busy, none passes or fails."""
-    quantreg_pytester.runpytest("--precision=fp32", "--quantreg-update-baselines").assert_outcomes(passed=2)
+    record_baseline(quantreg_pytester)
     with busy_neighbours(2 * (__import__("os").cpu_count() or 2)):
         result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency", "-rs", "--quantreg-max-latency-ratio=int8=0.0001")
     result.assert_outcomes(skipped=2)

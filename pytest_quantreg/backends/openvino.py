@@ -285,6 +285,9 @@ def precisions() -> list[Precision]:
     """openvino-fp32 (the converted model, gated like FP32: it catches a broken conversion), openvino-int8-weight
     and openvino-int8-static; CPU only."""
     common: dict[str, Any] = {"requires": REQUIRES, "extra": EXTRA, "backend": BACKEND.name, "devices": frozenset({"cpu"})}
+    # OpenVINO's ratio to torch's FP32 moves between whole-suite processes on one hardware class more than
+    # 10% (openvino-int8-static 0.309 when recorded, 0.351 [0.344, 0.361] in a later CI run): 25% is allowed
+    common["max_latency_increase"] = 25.0
     return [
         Precision(
             "openvino-fp32",
