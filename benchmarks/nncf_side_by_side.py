@@ -61,8 +61,8 @@ def ours(name: str, options: list[str], drop: float, folder: Path) -> dict[str, 
         "share": found["set_share"],
         "layers": len(found["layers"]),
         "set": found["layers"],
-        "accuracy": held.get("accuracy"),
-        "flips": held.get("flips"),
+        "accuracy": held["accuracy"] * 100 if held else None,
+        "flips": round(held["flip_rate"] * held["n"]) if held else None,
         "kl": held.get("kl_mean"),
         "verdict": "passes both halves" if found["passes"] else f"no passing set ({found.get('stopped')})",
         "strategy": found.get("strategy"),
@@ -132,6 +132,7 @@ def theirs(model_dir: Path, dataset: Any, samples: SampleSpec, drop: float) -> d
     compiled = openvino.compile_model(quantized)
     logits = np.stack([np.asarray(compiled(feed)[0][0], dtype=np.float64) for feed in feeds])
     layers = dict(linear_layers(fp32))
+    modules = dict(fp32.named_modules())
     matmuls = openvino._matmuls(quantized, list(layers))
     restored = [layer for layer, op in matmuls.items() if not openvino._storage(op) and layer != "classifier"]
     total = linear_parameters(fp32)
@@ -140,7 +141,7 @@ def theirs(model_dir: Path, dataset: Any, samples: SampleSpec, drop: float) -> d
     return {
         "passes": counter.engine + counter.validation,
         "seconds": seconds,
-        "share": sum(layers[name].weight.numel() for name in restored) / total,
+        "share": sum(p.numel() for name in restored for p in modules[name].parameters(recurse=False)) / total,
         "layers": len(restored),
         "set": restored,
         "accuracy": float((probs.argmax(1) == labels[rows]).mean()) * 100,
