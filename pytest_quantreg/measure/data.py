@@ -143,14 +143,15 @@ def draw_sample(dataset: Dataset, spec: SampleSpec, seed: int) -> Sample:
 def stratified(pool: Sequence[Example], size: int, salt: str) -> list[Example]:
     """``size`` examples of ``pool``, each label its share by largest remainder, ranked within a label
     (and ordered in the result) by the hash of ``salt`` and the example's id."""
+    rank = {example.id: sha(f"{salt}{example.id}") for example in pool}
     by_label: dict[int, list[Example]] = defaultdict(list)
     for example in pool:
         by_label[example.label].append(example)
     quotas = allocate(size, {label: len(items) for label, items in by_label.items()})
     chosen: list[Example] = []
     for label, items in sorted(by_label.items()):
-        chosen.extend(sorted(items, key=lambda e: sha(f"{salt}{e.id}"))[: quotas[label]])
-    return sorted(chosen, key=lambda e: sha(f"{salt}{e.id}"))
+        chosen.extend(sorted(items, key=lambda e: rank[e.id])[: quotas[label]])
+    return sorted(chosen, key=lambda e: rank[e.id])
 
 
 def load_embedded(eval_fraction: Fraction = EVAL_FRACTION) -> Dataset:
