@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from outcomes import assert_verdicts
 
 WORDS = [f"w{i}" for i in range(200)]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -149,6 +150,7 @@ def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, ti
         textwrap.dedent(
             f"""
             [pytest]
+            addopts = -rs
             quantreg_model = {tiny_model_dir}
             quantreg_dataset = {tiny_dataset}
             quantreg_device = cpu
@@ -172,11 +174,7 @@ def record_baseline(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     Its accuracy test must pass; its latency test passes, or skips because the machine was busy while
     FP32 was timed (the plugin never judges a disturbed timing, and CI runners are shared)."""
     result = pytester.runpytest("--precision=fp32", "--quantreg-update-baselines", "-rs", *args)
-    outcomes = result.parseoutcomes()
-    skipped = outcomes.get("skipped", 0)
-    assert (outcomes.get("passed", 0), outcomes.get("failed", 0), outcomes.get("errors", 0)) == (2 - skipped, 0, 0), outcomes
-    if skipped:
-        result.stdout.fnmatch_lines(["*latency gate for fp32 not judged: the machine was busy*"])
+    assert_verdicts(result, passed=2)
     return result
 
 
@@ -184,7 +182,7 @@ def lenient_project(pytester: pytest.Pytester, model: Path, data: Path) -> None:
     """A pytester project on ``model`` and ``data`` whose gates only a broken build fails (a random-init
     model's quantized builds drift far), with its FP32 baseline recorded."""
     pytester.makeini(
-        f"[pytest]\nquantreg_model = {model}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        f"[pytest]\naddopts = -rs\nquantreg_model = {model}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
         "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\nquantreg_max_drop = 100\nquantreg_max_flip_rate = 100\n"
         "quantreg_max_kl = 100\n"
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from outcomes import assert_verdicts
 
 from conftest import record_baseline
 
@@ -238,7 +239,7 @@ def test_unusable_baseline_fails_the_gate_and_is_kept(
     path.write_text(damage(path.read_text()))
     damaged = path.read_bytes()
     result = quantreg_pytester.runpytest("--precision=fp32,int8")
-    result.assert_outcomes(passed=2, failed=2)  # latency gates need no baseline; both accuracy gates refuse it
+    assert_verdicts(result, passed=2, failed=2)  # latency gates need no baseline; both accuracy gates refuse it
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert message in result.stdout.str()
     assert "Traceback" not in result.stdout.str()
@@ -305,14 +306,14 @@ def test_model_code_runs_only_with_the_explicit_option(
     trusted = quantreg_pytester.runpytest_subprocess(
         "--precision=fp32", "--quantreg-model=custom", "--quantreg-update-baselines", "--quantreg-trust-remote-code"
     )
-    trusted.assert_outcomes(passed=2)
+    assert_verdicts(trusted, passed=2)
     assert ran.read_text() == "yes"
 
 
 def test_latency_without_a_usable_baseline_says_to_record_the_baseline(quantreg_pytester: pytest.Pytester) -> None:
     """A missing baseline cannot take a latency record: the end of the run says what to record first."""
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency")
-    result.assert_outcomes(passed=2)
+    assert_verdicts(result, passed=2)
     result.stdout.fnmatch_lines(
         [
             "quantreg: no usable FP32 baseline at * (the accuracy tests say why): only fixed limits judged the latency of "
@@ -365,7 +366,7 @@ def test_a_broken_reference_is_not_recorded_without_the_explicit_option(
     damage(model)
     args = ("--precision=fp32", f"--quantreg-model={model}", "-k", "accuracy")
     refused = quantreg_pytester.runpytest(*args, "--quantreg-update-baselines")
-    refused.assert_outcomes(failed=1)
+    assert_verdicts(refused, failed=1)
     refused.stdout.fnmatch_lines(
         [
             "*the FP32 reference fails its sanity checks, so no verdict against it would mean anything (the baseline was not recorded):",
@@ -376,11 +377,11 @@ def test_a_broken_reference_is_not_recorded_without_the_explicit_option(
     assert not list((quantreg_pytester.path / "baselines").glob("*.json"))
     assert "During handling of the above exception" not in refused.stdout.str()  # the message once, not chained
 
-    quantreg_pytester.runpytest(*args, "--quantreg-update-baselines", "--quantreg-accept-reference").assert_outcomes(passed=1)
+    assert_verdicts(quantreg_pytester.runpytest(*args, "--quantreg-update-baselines", "--quantreg-accept-reference"), passed=1)
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     recorded = path.read_bytes()
     judged = quantreg_pytester.runpytest(*args)  # every run checks the stored reference again
-    judged.assert_outcomes(failed=1)
+    assert_verdicts(judged, failed=1)
     judged.stdout.fnmatch_lines([f"*sanity checks*(nothing was judged; {path} is left as it is):", *problems])
     assert path.read_bytes() == recorded
 
@@ -392,7 +393,7 @@ def test_a_corrupt_baseline_is_reported_before_any_model_is_built(quantreg_pytes
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     path.write_text("{broken", encoding="utf-8")
     result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(
         [
             f"quantreg baseline: baseline {path} is not readable JSON (*); fix or delete it, or re-record it with "

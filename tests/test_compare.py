@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from outcomes import assert_verdicts
 
 from conftest import record_baseline
 
@@ -276,7 +277,7 @@ def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
 
 def test_report_writes_markdown_and_charts(project: pytest.Pytester) -> None:
     pytest.importorskip("matplotlib")
-    project.runpytest("--precision=fp32,int8", "--quantreg-report=out").assert_outcomes(passed=4)
+    assert_verdicts(project.runpytest("--precision=fp32,int8", "--quantreg-report=out"), passed=4)
     report = (project.path / "out" / "report.md").read_text()
     assert report.startswith("# Quantization Comparison Summary: tiny-model")
     assert "| int8-dynamic | " in report

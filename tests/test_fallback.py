@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
+from outcomes import assert_verdicts
 
 from conftest import record_baseline, run_example
 from pytest_quantreg.backends.base import BuildContext
@@ -120,7 +121,7 @@ def test_the_corrupted_unit_is_ranked_first_and_is_the_whole_set(project: pytest
     result = project.runpytest(
         "--precision=fp32,corrupt-one", "--quantreg-fallback=report", "--quantreg-fallback-report=fallback.json", "-k", "accuracy"
     )
-    result.assert_outcomes(passed=1, failed=1)  # report: the precision still fails, and says what would pass
+    assert_verdicts(result, passed=1, failed=1)  # report: the precision still fails, and says what would pass
     result.stdout.fnmatch_lines(
         [
             "*corrupt-one regressed against FP32*",
@@ -160,7 +161,7 @@ def test_enforce_judges_the_precision_with_its_set_and_the_marker_caps_it(projec
         )
     )
     result = project.runpytest("--precision=fp32,corrupt-one", "--quantreg-fallback=enforce", "-k", "accuracy or nothing")
-    result.assert_outcomes(passed=2, failed=1)
+    assert_verdicts(result, passed=2, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*test_nothing_in_fp32*",
@@ -189,10 +190,10 @@ def test_the_fixture_ranks_a_passing_precision_without_searching(project: pytest
             """
         )
     )
-    project.runpytest("--precision=fp32,int8-dynamic,corrupt-one", "-k", "ranking").assert_outcomes(passed=2)
+    assert_verdicts(project.runpytest("--precision=fp32,int8-dynamic,corrupt-one", "-k", "ranking"), passed=2)
     # report mode searches failing precisions only: int8-dynamic passes, so nothing is searched or shown
     result = project.runpytest("--precision=fp32,int8-dynamic", "--quantreg-fallback=report", "-k", "not ranking")
-    result.assert_outcomes(passed=4)
+    assert_verdicts(result, passed=4)
     assert "QUANTREG FALLBACK" not in result.stdout.str()
 
 
@@ -207,7 +208,7 @@ def test_an_exhausted_budget_reports_the_best_set_so_far(project: pytest.Pyteste
         "-k",
         "accuracy",
     )
-    result.assert_outcomes(passed=1, failed=1)
+    assert_verdicts(result, passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*the search stopped: its budget of 200 forward passes (--quantreg-fallback-max-passes) ran out before any set passed*",
@@ -225,14 +226,14 @@ def test_an_exhausted_budget_reports_the_best_set_so_far(project: pytest.Pyteste
 def test_the_stored_set_is_checked_first_and_a_change_is_reported(project: pytest.Pytester) -> None:
     args = ("--precision=fp32,corrupt-one", "--quantreg-fallback=enforce", "--quantreg-fallback-report=fallback.json", "-k", "accuracy")
     stored = project.runpytest(*args, "--quantreg-update-baselines")
-    stored.assert_outcomes(passed=2)
+    assert_verdicts(stored, passed=2)
     stored.stdout.fnmatch_lines(["*quantreg: fallback sets of corrupt-one stored in *"])
     (path,) = (project.path / "baselines").glob("*.json")
     baseline = json.loads(path.read_text(encoding="utf-8"))
     assert baseline["fallback_sets"]["corrupt-one"]["units"] == [CORRUPTED]
 
     again = project.runpytest(*args)
-    again.assert_outcomes(passed=2)
+    assert_verdicts(again, passed=2)
     again.stdout.fnmatch_lines(
         ["*the set stored with the baseline still passes*", "*against the baseline: the stored set (1 unit) still passes*"]
     )
@@ -241,7 +242,7 @@ def test_the_stored_set_is_checked_first_and_a_change_is_reported(project: pytes
     baseline["fallback_sets"]["corrupt-one"]["units"] = ["bert.pooler.dense"]
     path.write_text(json.dumps(baseline), encoding="utf-8")
     changed = project.runpytest(*args)
-    changed.assert_outcomes(passed=2)
+    assert_verdicts(changed, passed=2)
     changed.stdout.fnmatch_lines(
         [f"*against the baseline: the set stored with the baseline no longer passes; new: {CORRUPTED}; left: bert.pooler.dense*"]
     )
@@ -252,7 +253,7 @@ def test_the_stored_set_is_checked_first_and_a_change_is_reported(project: pytes
 
 def test_compare_shows_the_fallback_set_change(project: pytest.Pytester) -> None:
     args = ("--precision=fp32,corrupt-one", "--quantreg-fallback=report")
-    project.runpytest(*args, "--benchmark-json=head.json").assert_outcomes(passed=3, failed=1)
+    assert_verdicts(project.runpytest(*args, "--benchmark-json=head.json"), passed=3, failed=1)
     head = json.loads((project.path / "head.json").read_text(encoding="utf-8"))
     infos = {b["extra_info"]["precision"]: b["extra_info"] for b in head["benchmarks"]}
     assert infos["corrupt-one"]["fallback_units"] == [CORRUPTED]  # added by the accuracy test after the timed one
@@ -276,7 +277,7 @@ def test_under_xdist_the_controller_reports_and_writes_the_workers_searches(proj
         "-k",
         "accuracy",
     )
-    result.assert_outcomes(passed=1, failed=1)
+    assert_verdicts(result, passed=1, failed=1)
     result.stdout.fnmatch_lines(["*QUANTREG FALLBACK*", f"*1 | {CORRUPTED} *", "*quantreg: fallback report written: *fallback.json"])
     assert fallback_report(project)["corrupt-one"]["units"] == [CORRUPTED]
     assert "CORRUPT-ONE[FALLBACK]" in result.stdout.str()
@@ -310,7 +311,7 @@ def test_a_bad_cap_names_the_marker_argument(project: pytest.Pytester) -> None:
         )
     )
     result = project.runpytest("--precision=corrupt-one", "-k", "capped")
-    result.assert_outcomes(errors=1)  # a collection error, as for the marker's other arguments
+    assert_verdicts(result, errors=1)  # a collection error, as for the marker's other arguments
     result.stdout.fnmatch_lines(["*quantreg marker max_fp32_units must be a whole number of units, 0 or more; got 'two'*"])
 
 
@@ -318,7 +319,7 @@ def test_a_search_without_a_baseline_says_how_to_record_one(quantreg_pytester: p
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     quantreg_pytester.makepyfile(test_fixture="def test_ranking(quantreg_fallback):\n    pass\n")
     result = quantreg_pytester.runpytest("--precision=corrupt-one", "-k", "ranking")
-    result.assert_outcomes(errors=1)  # the fixture cannot be set up
+    assert_verdicts(result, errors=1)  # the fixture cannot be set up
     result.stdout.fnmatch_lines(["*the fallback search judges corrupt-one against the stored FP32 baseline*--quantreg-update-baselines*"])
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from outcomes import assert_verdicts
 from sklearn.metrics import f1_score, recall_score
 
 from conftest import EXAMPLE_TESTS, labelled_csv, lenient_project, record_baseline, save_tiny, tiny_logits, tiny_model, tiny_texts
@@ -147,7 +148,7 @@ def three_labels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 def project(bitsandbytes_imported: None, pytester: pytest.Pytester, three_labels: tuple[Path, Path, dict]) -> pytest.Pytester:
     folder, data, _ = three_labels
     pytester.makeini(
-        f"[pytest]\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        f"[pytest]\naddopts = -rs\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
         "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\n"
     )
     pytester.makepyfile(test_regression=EXAMPLE_TESTS)
@@ -170,10 +171,10 @@ def test_one_class_drift_passes_accuracy_and_fails_macro_f1_and_class_recall(
     _, _, info = three_labels
     hit = LABELS[int(np.argmax(info["moved"]))]
     args = ("--precision=drift", "-k", "accuracy", "--quantreg-max-drop=drift=6")
-    project.runpytest(*args).assert_outcomes(passed=1)  # accuracy: 5 of 100 lost, under 6 points
+    assert_verdicts(project.runpytest(*args), passed=1)  # accuracy: 5 of 100 lost, under 6 points
 
     macro = project.runpytest(*args, "--quantreg-metric=macro-f1")
-    macro.assert_outcomes(failed=1)
+    assert_verdicts(macro, failed=1)
     macro.stdout.fnmatch_lines(
         [
             "*drift regressed against FP32: macro-F1 *% vs FP32 100.00%, accuracy 95.00% vs FP32 baseline 100.00% on 100 samples",
@@ -183,11 +184,11 @@ def test_one_class_drift_passes_accuracy_and_fails_macro_f1_and_class_recall(
         ]
     )
     recall = project.runpytest(*args, f"--quantreg-metric=recall:{hit}")
-    recall.assert_outcomes(failed=1)
+    assert_verdicts(recall, failed=1)
     recall.stdout.fnmatch_lines([f"*- recall of '{hit}' drop * pp > max 6.00 pp (command line: --quantreg-max-drop)"])
 
     significance = project.runpytest(*args, "--quantreg-metric=macro-f1", "--quantreg-alpha=0.05")
-    significance.assert_outcomes(failed=1)  # 5 predictions of a 15-sample class: significant by the paired bootstrap
+    assert_verdicts(significance, failed=1)  # 5 predictions of a 15-sample class: significant by the paired bootstrap
 
     usage = project.runpytest("--quantreg-metric=recall:happy")
     assert usage.ret == pytest.ExitCode.USAGE_ERROR
@@ -201,7 +202,7 @@ def test_summary_json_report_and_compare_carry_the_class_figures(project: pytest
     clean = project.runpytest(
         "--precision=fp32,drift", "--benchmark-json=drift.json", "--quantreg-report=report", "--quantreg-max-drop=100"
     )
-    clean.assert_outcomes(passed=4)
+    assert_verdicts(clean, passed=4)
     clean.stdout.fnmatch_lines(["macro-F1 (%) * | * 100.00 | * | *", "recall by class (%) * | 100.0 / 100.0 / 100.0 | *"])
     infos = {b["extra_info"]["precision"]: b["extra_info"] for b in json.loads((project.path / "drift.json").read_text())["benchmarks"]}
     drift = infos["drift"]

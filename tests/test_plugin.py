@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from custom_precisions import CUSTOM_PRECISIONS
+from outcomes import assert_verdicts, until_judged
 
 from conftest import record_baseline
 from pytest_quantreg.measure.timing import MIN_CLEAN_SHARE
@@ -110,7 +111,7 @@ def test_cuda_on_a_machine_without_it_is_a_usage_error(quantreg_pytester: pytest
 
 def test_missing_baseline_fails_and_says_how_to_record_it(quantreg_pytester: pytest.Pytester) -> None:
     result = quantreg_pytester.runpytest("--precision=fp32,int8")
-    result.assert_outcomes(passed=2, failed=2)  # latency gates need no baseline; accuracy gates do
+    assert_verdicts(result, passed=2, failed=2)  # latency gates need no baseline; accuracy gates do
     result.stdout.fnmatch_lines(
         ["*no FP32 baseline for this model, sample and device at*", "*record it with: pytest --quantreg-update-baselines*"]
     )
@@ -119,7 +120,7 @@ def test_missing_baseline_fails_and_says_how_to_record_it(quantreg_pytester: pyt
 
 def test_update_records_then_later_runs_compare(quantreg_pytester: pytest.Pytester, tiny_dataset: Path) -> None:
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-update-baselines")
-    result.assert_outcomes(passed=4)
+    assert_verdicts(result, passed=4)
     result.stdout.fnmatch_lines(["quantreg: baseline created: *baselines*tiny-model*.json"])
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     document = json.loads(path.read_text())
@@ -131,10 +132,10 @@ def test_update_records_then_later_runs_compare(quantreg_pytester: pytest.Pytest
     assert not any(text in path.read_text() for text in tiny_dataset.read_text().splitlines()[1:])  # no texts stored
 
     again = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-update-baselines")
-    again.assert_outcomes(passed=4)
+    assert_verdicts(again, passed=4)
     again.stdout.fnmatch_lines(["quantreg: baseline unchanged: *"])
     assert json.loads(path.read_text())["recorded"] == document["recorded"]  # not rewritten
-    quantreg_pytester.runpytest("--precision=fp32,int8").assert_outcomes(passed=4)
+    assert_verdicts(quantreg_pytester.runpytest("--precision=fp32,int8"), passed=4)
 
 
 def test_baseline_for_other_weights_is_not_compared(quantreg_pytester: pytest.Pytester) -> None:
@@ -144,7 +145,7 @@ def test_baseline_for_other_weights_is_not_compared(quantreg_pytester: pytest.Py
     document["provenance"]["weights_sha256"] = "0" * 64
     path.write_text(json.dumps(document))
     result = quantreg_pytester.runpytest("--precision=fp32")
-    result.assert_outcomes(passed=1, failed=1)
+    assert_verdicts(result, passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*was recorded for another model (different weights): weights_sha256 is 000000000000 there*",
@@ -164,7 +165,7 @@ def test_fp32_drift_fails_against_its_baseline(quantreg_pytester: pytest.Pyteste
     document["fp32"]["accuracy"] = 58 / 60
     path.write_text(json.dumps(document))
     result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*FP32 drifted from its stored baseline: accuracy 100.00% vs FP32 baseline 96.67% on 60 samples",
@@ -183,7 +184,7 @@ def test_edited_baseline_accuracy_is_refused(quantreg_pytester: pytest.Pytester)
     document["fp32"]["accuracy"] = 0.9  # the number no longer matches the stored predictions
     path.write_text(json.dumps(document))
     result = quantreg_pytester.runpytest("--precision=fp32", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(["*says FP32 accuracy 90.00% but its predictions score 100.00% on this sample; it was edited or damaged*"])
 
 
@@ -191,7 +192,7 @@ def test_damaged_precision_fails_the_accuracy_gate(quantreg_pytester: pytest.Pyt
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*damaged regressed against FP32: accuracy 0.00% vs FP32 baseline 100.00% on 60 samples",
@@ -209,7 +210,7 @@ def test_thresholds_from_command_line_and_marker(quantreg_pytester: pytest.Pytes
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     record_baseline(quantreg_pytester)
     loose = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy", "--quantreg-max-drop=damaged=100")
-    loose.assert_outcomes(passed=1)
+    assert_verdicts(loose, passed=1)
     by_alias = quantreg_pytester.runpytest("--precision=int8", "-k", "accuracy", "--quantreg-max-drop=int8=0,fp32=0")
     by_alias.stdout.fnmatch_lines(["*drop * pp > max 0.00 pp (command line: --quantreg-max-drop)*"])
     quantreg_pytester.makepyfile(
@@ -222,7 +223,7 @@ def test_thresholds_from_command_line_and_marker(quantreg_pytester: pytest.Pytes
         """
     )
     marked = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py")
-    marked.assert_outcomes(passed=1)
+    assert_verdicts(marked, passed=1)
     overridden = quantreg_pytester.runpytest("--precision=damaged", "test_marked.py", "--quantreg-max-drop=5")
     overridden.stdout.fnmatch_lines(["*accuracy drop 100.00 pp > max 5.00 pp (command line: --quantreg-max-drop)*"])
 
@@ -264,9 +265,8 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
 
 def test_slow_precision_fails_the_latency_gate(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
-    result = quantreg_pytester.runpytest(
-        "--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5"
-    )
+    args = ("--precision=fp32,slow", "-k", "latency", "--quantreg-warmup=3", "--quantreg-max-latency-ratio=slow=1.5")
+    result = until_judged(lambda: quantreg_pytester.runpytest(*args))
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
         [
@@ -296,14 +296,14 @@ def test_latency_pairs_option_sets_how_many_pairs_are_timed(quantreg_pytester: p
 def test_unavailable_precision_is_skipped_with_the_reason(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     result = quantreg_pytester.runpytest("--precision=needs-missing", "-rs")
-    result.assert_outcomes(skipped=2)
+    assert_verdicts(result, skipped=2)
     result.stdout.fnmatch_lines(["*needs-missing needs the 'no_such_module_xyz' package, which is not installed*"])
 
 
 def test_benchmark_json_carries_the_whole_story(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "--benchmark-json=bench.json")
-    result.assert_outcomes(passed=4)
+    assert_verdicts(result, passed=4)
     benchmarks = {
         b["params"]["quantreg_precision"]: b for b in json.loads((quantreg_pytester.path / "bench.json").read_text())["benchmarks"]
     }
@@ -343,7 +343,7 @@ def test_benchmark_json_carries_the_whole_story(quantreg_pytester: pytest.Pytest
 def test_benchmark_autosave_keeps_working(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32", "--benchmark-autosave", "--benchmark-storage=file://./saved")
-    result.assert_outcomes(passed=2)
+    assert_verdicts(result, passed=2)
     (saved,) = (quantreg_pytester.path / "saved").rglob("*.json")
     (benchmark,) = json.loads(saved.read_text())["benchmarks"]
     assert benchmark["extra_info"]["precision"] == "fp32"
@@ -361,7 +361,7 @@ def test_a_conftest_adds_to_extra_info_through_the_update_hook(quantreg_pytester
     )
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "--benchmark-json=bench.json", "-k", "latency")
-    result.assert_outcomes(passed=2)
+    assert_verdicts(result, passed=2)
     benchmarks = json.loads((quantreg_pytester.path / "bench.json").read_text())["benchmarks"]
     assert {b["extra_info"]["seen_precision"] for b in benchmarks} == {"fp32", "int8-dynamic"}
     for bench in benchmarks:
@@ -374,7 +374,7 @@ def test_a_conftest_adds_to_extra_info_through_the_update_hook(quantreg_pytester
 def test_summary_table_in_the_seed_format(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     # in a subprocess: plugin order (and so which summary prints last) is that of a real run
-    result = quantreg_pytester.runpytest_subprocess("--precision=fp32,fp16,int8")
+    result = until_judged(lambda: quantreg_pytester.runpytest_subprocess("--precision=fp32,fp16,int8"))
     result.stdout.fnmatch_lines(
         [
             "Legend:",  # pytest-benchmark's table comes first: the run ends with the summary
@@ -401,7 +401,7 @@ def test_benchmark_disable_still_gates_accuracy_and_skips_latency(quantreg_pytes
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,damaged", "--benchmark-disable", "-rs")
-    result.assert_outcomes(passed=1, failed=1, skipped=2)
+    assert_verdicts(result, passed=1, failed=1, skipped=2)
     result.stdout.fnmatch_lines(
         ["*damaged regressed against FP32*", "*latency gate for fp32 not judged: timing is off (disabled by pytest-benchmark)*"]
     )
@@ -435,7 +435,7 @@ def test_each_prediction_gate_passes_and_fails(
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=flip-rare", "-k", "accuracy", *args)
-    result.assert_outcomes(**{outcome: 1})
+    assert_verdicts(result, **{outcome: 1})
     if message:
         result.stdout.fnmatch_lines(["*flip-rare regressed against FP32: accuracy 96.67% vs FP32 baseline 100.00% on 60 samples*", message])
 
@@ -444,7 +444,7 @@ def test_significance_mode_still_fails_a_significant_drop(quantreg_pytester: pyt
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=damaged", "-k", "accuracy", "--quantreg-alpha=0.05")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(["*- accuracy drop 100.00 pp > max 1.00 pp (default for damaged)", "*McNemar p 1.73e-18*"])
     quantreg_pytester.makepyfile(
         test_marked="""
@@ -457,13 +457,14 @@ def test_significance_mode_still_fails_a_significant_drop(quantreg_pytester: pyt
         """
     )
     marked = quantreg_pytester.runpytest("--precision=flip-rare", "test_marked.py")
-    marked.assert_outcomes(failed=1)  # p 0.25 < 0.3: significant at the marker's level
+    assert_verdicts(marked, failed=1)  # p 0.25 < 0.3: significant at the marker's level
     marked.stdout.fnmatch_lines(["*- accuracy drop 3.33 pp > max 0.00 pp (quantreg marker)"])
 
 
 def test_slow_precision_within_a_loose_limit_passes(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makeconftest(CUSTOM_PRECISIONS)
-    result = quantreg_pytester.runpytest("--precision=fp32,slow", "-k", "latency", "--quantreg-max-latency-ratio=slow=10")
+    args = ("--precision=fp32,slow", "-k", "latency", "--quantreg-max-latency-ratio=slow=10")
+    result = until_judged(lambda: quantreg_pytester.runpytest(*args))
     result.assert_outcomes(passed=2)
 
 
@@ -478,7 +479,7 @@ def test_weights_report_prints_writes_and_feeds_the_fixture(quantreg_pytester: p
         """
     )
     result = quantreg_pytester.runpytest("test_snr_floor.py", "--precision=fp32,fp16,int8,int4", "--quantreg-weights-report=out/w.json")
-    result.assert_outcomes(passed=4)
+    assert_verdicts(result, passed=4)
     result.stdout.fnmatch_lines(
         [
             "*QUANTREG WEIGHT ERROR (tiny-model*)*",
@@ -531,7 +532,7 @@ def test_collect_only_on_a_cpu_build_does_not_import_torch(quantreg_pytester: py
 def test_throughput_mode_judges_accuracy_in_batches(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)  # recorded at batch size 1
     result = quantreg_pytester.runpytest("--precision=fp32,fp16,int8", "--quantreg-batch-size=16", "-k", "accuracy")
-    result.assert_outcomes(passed=3)  # FP32 in batches of 16 agrees with its batch-1 baseline
+    assert_verdicts(result, passed=3)  # FP32 in batches of 16 agrees with its batch-1 baseline
     result.stdout.fnmatch_lines(
         [
             "quantreg: device cpu, precisions fp32, fp16, int8-dynamic, untimed passes in length-bucketed batches of 16",
@@ -543,7 +544,7 @@ def test_throughput_mode_judges_accuracy_in_batches(quantreg_pytester: pytest.Py
 def test_a_keep_setting_renames_only_the_precisions_that_quantize_linear_layers(quantreg_pytester: pytest.Pytester) -> None:
     record_baseline(quantreg_pytester)
     args = ("--precision=fp32,fp16,int8", "-k", "latency", "--quantreg-keep-fp32=none", "--quantreg-record-latency")
-    result = quantreg_pytester.runpytest(*args)
+    result = until_judged(lambda: quantreg_pytester.runpytest(*args))  # a ratio the gate could not judge is not recorded
     result.assert_outcomes(passed=3)
     (baseline,) = (quantreg_pytester.path / "baselines").glob("*.json")
     (record,) = json.loads(baseline.read_text())["latency_records"].values()
@@ -564,7 +565,7 @@ def test_nf4_accuracy(quantreg):
 def test_a_marker_precision_outside_the_selection_is_skipped_saying_how_to_select_it(quantreg_pytester: pytest.Pytester) -> None:
     quantreg_pytester.makepyfile(test_regression=MARKED_FOR_NF4)
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "-rs", "-v")
-    result.assert_outcomes(skipped=1)
+    assert_verdicts(result, skipped=1)
     result.stdout.fnmatch_lines(
         [
             "*test_nf4_accuracy?not-selected?*",
@@ -577,7 +578,7 @@ def test_a_marker_precision_outside_the_selection_is_skipped_saying_how_to_selec
 
 
 def test_the_latency_row_shows_a_judged_ratio_without_fp32_in_the_selection(quantreg_pytester: pytest.Pytester) -> None:
-    result = quantreg_pytester.runpytest("--precision=int8", "-k", "latency")
+    result = until_judged(lambda: quantreg_pytester.runpytest("--precision=int8", "-k", "latency"))
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["metric *|*INT8-DYNAMIC", "latency ratio, paired [[]95% CI[]] |*.* [[]*.*, *.*[]]"])
 
@@ -597,7 +598,7 @@ def test_keep_settings_per_precision_from_the_option_and_the_marker(quantreg_pyt
     setting = "--quantreg-keep-fp32=head; int8=head,bert.pooler.dense"  # an alias names the precision too
     lenient = ("--quantreg-max-drop=100", "--quantreg-max-flip-rate=100", "--quantreg-max-kl=100")  # int4 on the tiny model
     result = quantreg_pytester.runpytest("--precision=fp32,int8,int4-nf4", "-k", "accuracy", setting, *lenient)
-    result.assert_outcomes(passed=3)
+    assert_verdicts(result, passed=3)
     result.stdout.fnmatch_lines(
         [
             "quantreg: kept in FP32 by the precisions that quantize Linear layers: head; by int8-dynamic: head,bert.pooler.dense (*",
@@ -607,7 +608,7 @@ def test_keep_settings_per_precision_from_the_option_and_the_marker(quantreg_pyt
     )
     quantreg_pytester.makepyfile(test_marked=KEEP_BY_MARKER)
     marked = quantreg_pytester.runpytest("--precision=fp32,int8,int4-nf4", "test_marked.py", *lenient)
-    marked.assert_outcomes(passed=3)
+    assert_verdicts(marked, passed=3)
     marked.stdout.fnmatch_lines(["metric * | INT8-DYNAMIC[[]KEEP-FP32=HEAD,BERT.ENCODER.LAYER.0.OUTPUT.DENSE[]] | * INT4-NF4 |*"])
     bad = quantreg_pytester.runpytest("--precision=fp32", "--quantreg-keep-fp32=head; int9=none")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR

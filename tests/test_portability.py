@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
+from outcomes import assert_verdicts, until_judged
 
 from conftest import record_baseline
 from pytest_quantreg.backends.base import BuildContext
@@ -84,7 +85,7 @@ def test_example_built_with_other_bits_is_judged_by_fp32_drift_not_refused(bitsa
     here = read_manifest(example_model(progress=False))["weights_sha256"]
     project = example_project(pytester, {"weights_sha256": "0" * 64})  # as if recorded on a CPU that builds other bits
     result = project.runpytest("--precision=fp32", "-k", "accuracy")
-    result.assert_outcomes(passed=1)
+    assert_verdicts(result, passed=1)
     result.stdout.fnmatch_lines(
         [
             f"quantreg: the example was built here with other bits than the baseline's (weights sha256 {str(here)[:12]} here, "
@@ -97,7 +98,7 @@ def test_example_built_with_other_bits_is_judged_by_fp32_drift_not_refused(bitsa
 def test_example_from_another_recipe_is_still_refused(bitsandbytes_imported: None, pytester: pytest.Pytester) -> None:
     project = example_project(pytester, {"weights_sha256": "0" * 64, "recipe": "another12345"})
     result = project.runpytest("--precision=fp32", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(["*was recorded for another model (different weights): weights_sha256 is 000000000000 there*"])
 
 
@@ -194,7 +195,7 @@ def test_keep_option_and_marker_reach_the_build_the_table_and_the_json(quantreg_
         """
     )
     result = quantreg_pytester.runpytest("--precision=fp32,int8", "--benchmark-json=head.json")
-    result.assert_outcomes(passed=3, failed=2)  # the accuracy tests have no baseline: not what this test is about
+    assert_verdicts(result, passed=3, failed=2)  # the accuracy tests have no baseline: not what this test is about
     result.stdout.fnmatch_lines(
         [
             "quantreg: kept in FP32 by the precisions that quantize Linear layers: head (--quantreg-keep-fp32; *",
@@ -208,14 +209,14 @@ def test_keep_option_and_marker_reach_the_build_the_table_and_the_json(quantreg_
     assert kept == {"fp32": [], "int8-dynamic": ["classifier"]}
 
     none = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-keep-fp32=none", "-k", "latency", "--benchmark-json=none.json")
-    none.assert_outcomes(passed=2)
+    assert_verdicts(none, passed=2)
     infos = [b["extra_info"] for b in json.loads((quantreg_pytester.path / "none.json").read_text())["benchmarks"]]
     assert {i["precision"]: (i["keep_fp32"], i["kept_fp32"]) for i in infos}["int8-dynamic"] == ("none", [])
     none.stdout.fnmatch_lines(["quantreg: kept in FP32 by the precisions that quantize Linear layers: none *"])
     assert "kept in FP32  " not in none.stdout.str()  # no table row: nothing was kept
 
     typo = quantreg_pytester.runpytest("--precision=int8", "--quantreg-keep-fp32=clasifier", "-k", "latency")
-    typo.assert_outcomes(failed=1)
+    assert_verdicts(typo, failed=1)
     typo.stdout.fnmatch_lines(["*--quantreg-keep-fp32: the model has no Linear layer or module named 'clasifier'; its Linear layers*"])
     assert "Traceback" not in typo.stdout.str()
 
@@ -254,7 +255,7 @@ def test_library_failure_fails_its_precision_with_one_message(quantreg_pytester:
     quantreg_pytester.makeconftest(BROKEN)
     record_baseline(quantreg_pytester)
     result = quantreg_pytester.runpytest("--precision=fp32,bad-config,bad-forward", "-k", "accuracy")
-    result.assert_outcomes(passed=1, failed=2)  # FP32 keeps running
+    assert_verdicts(result, passed=1, failed=2)  # FP32 keeps running
     result.stdout.fnmatch_lines(
         [
             "bad-config failed inside transformers * while building the model: ValueError: load_in_4bit and load_in_8bit are both True*",
@@ -269,13 +270,13 @@ def test_library_failure_fails_its_precision_with_one_message(quantreg_pytester:
     assert "quantization_config.py" not in text  # no library frames by default
 
     verbose = quantreg_pytester.runpytest("--precision=bad-forward", "-k", "accuracy", "--tb=long")
-    verbose.assert_outcomes(failed=1)
+    assert_verdicts(verbose, failed=1)
     verbose.stdout.fnmatch_lines(
         ["*torch/nn/modules/linear.py*", "*The above exception was the direct cause*", "*bad-forward failed inside torch*"]
     )
 
     own = quantreg_pytester.runpytest("--precision=own-bug", "-k", "accuracy")
-    own.assert_outcomes(failed=1)
+    assert_verdicts(own, failed=1)
     own.stdout.fnmatch_lines(['*raise RuntimeError("a bug in my own build function")*'])  # the user's bug keeps its traceback
     assert "failed inside" not in own.stdout.str()
 
@@ -306,7 +307,8 @@ LATENCY = ("--precision=fp32,int8", "-k", "latency", "--quantreg-max-latency-inc
 
 
 def test_hardware_is_in_the_header_the_baseline_and_the_json(quantreg_pytester: pytest.Pytester) -> None:
-    result = quantreg_pytester.runpytest("--precision=fp32,int8", "--quantreg-update-baselines", "--benchmark-json=run.json")
+    args = ("--precision=fp32,int8", "--quantreg-update-baselines", "--benchmark-json=run.json")
+    result = until_judged(lambda: quantreg_pytester.runpytest(*args))  # a busy machine's ratio is not recorded
     result.assert_outcomes(passed=4)
     capability = torch.backends.cpu.get_cpu_capability()
     result.stdout.fnmatch_lines([f"quantreg hardware: * torch CPU capability {capability},* avx2 *, vnni *, amx *, quantized engine *"])
@@ -334,16 +336,16 @@ def test_latency_is_judged_against_the_ratio_recorded_for_this_hardware(
     (baseline,) = (quantreg_pytester.path / "baselines").glob("*.json")
     before = json.loads(baseline.read_text())
 
-    recorded = quantreg_pytester.runpytest(*LATENCY, "--quantreg-record-latency")
+    recorded = until_judged(lambda: quantreg_pytester.runpytest(*LATENCY, "--quantreg-record-latency"))
     recorded.assert_outcomes(passed=2)
     recorded.stdout.fnmatch_lines(["quantreg: latency ratios recorded for cpu | * threads: int8-dynamic * in *.json"])
     after = json.loads(baseline.read_text())
     assert {k: v for k, v in after.items() if k != "latency_records"} == before  # FP32's record is left as it was
     (hardware_class,) = after["latency_records"]
 
-    quantreg_pytester.runpytest(*LATENCY).assert_outcomes(passed=2)  # unchanged: within the recorded ratio + 50%
+    assert_verdicts(quantreg_pytester.runpytest(*LATENCY), passed=2)  # unchanged: within the recorded ratio + 50%
     monkeypatch.setenv("TINY_SLOW", "1")
-    slowed = quantreg_pytester.runpytest(*LATENCY)
+    slowed = until_judged(lambda: quantreg_pytester.runpytest(*LATENCY))
     slowed.assert_outcomes(passed=1, failed=1)  # the fixed limit (1000 in this project) passes it; the record does not
     slowed.stdout.fnmatch_lines(
         [
@@ -363,7 +365,7 @@ def test_latency_is_judged_against_the_ratio_recorded_for_this_hardware(
         pytest.skip("a CPU without AVX2 runs torch's DEFAULT kernels only: no second hardware class to try")
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", other)
     elsewhere = quantreg_pytester.runpytest_subprocess(*LATENCY)
-    elsewhere.assert_outcomes(passed=2)
+    assert_verdicts(elsewhere, passed=2)
     elsewhere.stdout.fnmatch_lines(
         [f"quantreg: no latency ratio recorded for int8-dynamic on this hardware class (cpu | * | torch {other.upper()} | *) in *: only*"]
     )
@@ -383,9 +385,6 @@ def test_example_baseline_holds_records_for_the_committed_hardware_classes() -> 
         blocked = {"bf16"} if bf16_blocked(hardware["capability"], "amx" in hardware["features"]) else set()
         assert set(entry["ratios"]) == runnable - blocked  # torchao-int4-weight has no CPU kernel, bf16 none with AMX capped
         assert all(r["ci95"][0] <= r["ratio"] <= r["ci95"][1] for r in entry["ratios"].values())
-    if not torch.cpu._is_avx2_supported():
-        pytest.skip("a CPU without AVX2 builds the example with other bits (judged by FP32's drift gates instead)")
-    if torch.cpu._is_amx_tile_supported():
-        pytest.skip("a CPU with AMX builds the example with other bits (seen: c1d951a86d20; judged by FP32's drift gates instead)")
-    example = example_model(progress=False)
-    assert document["provenance"]["weights_sha256"] == read_manifest(example)["weights_sha256"]  # built here, bit for bit
+    # No claim about which CPUs build the committed bits: the AMD EPYC machines here built 121a798302f5, two Intel
+    # Xeon classes (with AMX, and with AVX-512 VNNI only) c1d951a86d20, and what decides it is not known. A run
+    # that built other bits judges FP32 by its drift gates: test_example_built_with_other_bits_is_judged_by_fp32_drift_not_refused.

@@ -16,6 +16,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from outcomes import assert_verdicts
 from test_backends import TINY_GATES, by_precision, weight_layers
 from test_plugin import record_baseline
 
@@ -128,7 +129,7 @@ def test_openvino_and_static_int8_end_to_end_on_the_tiny_model(quantreg_pytester
         "--quantreg-weights-report=weights.json",
         *TINY_GATES,
     )
-    result.assert_outcomes(passed=10)
+    assert_verdicts(result, passed=10)
     result.stdout.fnmatch_lines(
         [
             "quantreg calibration of openvino-int8-static, onnx-int8-static: 80 texts of calibration.csv, none of them in the sample*",
@@ -175,7 +176,7 @@ def test_layers_kept_in_fp32_are_kept_by_nncf_and_static_onnx(quantreg_pytester:
         "-k",
         "accuracy",
     )
-    result.assert_outcomes(passed=3)
+    assert_verdicts(result, passed=3)
     layers = weight_layers(quantreg_pytester.path / "weights.json")
     for name in ("openvino-int8-weight", "openvino-int8-static", "onnx-int8-static"):
         snr = layers[name][kept]["snr_db"]
@@ -243,8 +244,8 @@ def test_a_broken_calibration_shows_in_the_gates(quantreg_pytester: pytest.Pytes
         runs[name] = quantreg_pytester.runpytest(
             f"--precision={precision}", f"--quantreg-calibration-file={calibration}", *TINY_GATES, "-k", "accuracy"
         )
-    runs["good"].assert_outcomes(passed=1)
-    runs["bad"].assert_outcomes(failed=1)
+    assert_verdicts(runs["good"], passed=1)
+    assert_verdicts(runs["bad"], failed=1)
     runs["bad"].stdout.fnmatch_lines(["*flip rate * > max 10.00% (command line: --quantreg-max-flip-rate)"])
 
 
@@ -252,7 +253,7 @@ def test_a_broken_calibration_shows_in_the_gates(quantreg_pytester: pytest.Pytes
 def test_static_precisions_without_calibration_texts_fail_with_the_fix(quantreg_pytester: pytest.Pytester) -> None:
     """The tiny project evaluates all of its 60 texts: none are left to calibrate on."""
     result = quantreg_pytester.runpytest("--precision=onnx-int8-static", "-k", "accuracy")
-    result.assert_outcomes(failed=1)
+    assert_verdicts(result, failed=1)
     result.stdout.fnmatch_lines(["quantreg calibration: data set 'tiny.csv' leaves no texts for calibration*will fail"])
     result.stdout.fnmatch_lines(["*leaves no texts for calibration*--quantreg-calibration-file=FILE*"])
     assert "Traceback" not in result.stdout.str()
