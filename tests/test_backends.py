@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from outcomes import assert_verdicts, until_judged
+from projects import labelled_csv, lenient_project, run_example, save_tiny, tiny_model, tiny_texts
 from test_plugin import record_baseline
 
-from conftest import labelled_csv, lenient_project, run_example, save_tiny, tiny_model, tiny_texts
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.measure.evaluation import warmup_indices
 from pytest_quantreg.measure.hardware import int8_reduce_range
@@ -217,20 +217,6 @@ def test_on_the_example_torchao_and_onnx_runtime_report_statistics_weights_and_j
     assert bench["onnx-int8-dynamic"]["extra_info"]["size_mb"] < 30  # embeddings quantized too
     layers = weight_layers(tmp_path / "weights.json")
     assert len(layers["onnx-int8-dynamic"]) == len(layers["torchao-int8-dynamic"]) == len(layers["fp32"])
-
-
-def test_the_old_precisions_module_is_kept_for_one_release_with_a_warning() -> None:
-    import importlib
-    import sys
-
-    import pytest_quantreg
-
-    sys.modules.pop("pytest_quantreg.precisions", None)
-    with pytest.warns(DeprecationWarning, match="import BuildContext, Precision and Registry from pytest_quantreg"):
-        old = importlib.import_module("pytest_quantreg.precisions")
-    assert old.BuildContext is pytest_quantreg.BuildContext
-    assert old.Precision is pytest_quantreg.Precision
-    assert old.Registry is pytest_quantreg.Registry
 
 
 def test_bitsandbytes_log_records_of_every_forward_stay_out_of_a_failure_report(quantreg_pytester: pytest.Pytester) -> None:

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 from outcomes import assert_verdicts
-
-from conftest import record_baseline
+from projects import record_baseline
 
 
 def _usage_error(result: pytest.RunResult, message: str) -> None:

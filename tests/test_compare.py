@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 from outcomes import assert_verdicts
-
-from conftest import record_baseline
+from projects import record_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 MINE = textwrap.dedent(

@@ -9,8 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from projects import record_baseline
 
-from conftest import record_baseline
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.measure.data import (
     EMBEDDED_LABELS,

@@ -9,8 +9,7 @@ import re
 import pytest
 from custom_precisions import CUSTOM_PRECISIONS
 from outcomes import assert_verdicts, until_judged
-
-from conftest import record_baseline
+from projects import record_baseline
 
 NO_QUANTIZED = (
     "quantreg: NO QUANTIZED MODEL WAS TESTED: every test of {names} was skipped (reasons above); this run says nothing about them"

@@ -18,8 +18,8 @@ import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
 from outcomes import assert_verdicts
+from projects import record_baseline, run_example
 
-from conftest import record_baseline, run_example
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.onnx_weights import onnx_nodes
 from pytest_quantreg.backends.registry import builtin_registry, keep_settings

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from outcomes import assert_verdicts
+from projects import EXAMPLE_TESTS, labelled_csv, lenient_project, record_baseline, save_tiny, tiny_logits, tiny_model, tiny_texts
 from sklearn.metrics import f1_score, recall_score
 
-from conftest import EXAMPLE_TESTS, labelled_csv, lenient_project, record_baseline, save_tiny, tiny_logits, tiny_model, tiny_texts
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.metrics import ACCURACY_METRIC, check_sample, class_metrics, flips_by_class, paired_drop, parse_metric
 from pytest_quantreg.measure.data import CleaningReport, Dataset, Example, SampleSpec, draw_sample

@@ -18,8 +18,8 @@ import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
 from outcomes import assert_verdicts, until_judged
+from projects import record_baseline
 
-from conftest import record_baseline
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.casts import bf16_blocked
 from pytest_quantreg.backends.registry import builtin_registry
@@ -70,7 +70,7 @@ def test_example_builds_the_same_bits_whatever_the_callers_cpu_kernels(tmp_path:
 
 def example_project(pytester: pytest.Pytester, edit: dict[str, str]) -> pytest.Pytester:
     """A project running the example's tests against a copy of its committed baseline, provenance edited."""
-    from conftest import EXAMPLE_TESTS
+    from projects import EXAMPLE_TESTS
 
     pytester.makepyfile(test_regression=EXAMPLE_TESTS)
     pytester.makeini("[pytest]\nquantreg_device = cpu\n")

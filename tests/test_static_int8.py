@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 from outcomes import assert_verdicts
+from projects import WORDS, record_baseline, tiny_texts
 from test_backends import TINY_GATES, by_precision, weight_layers
-from test_plugin import record_baseline
 
-from conftest import WORDS, tiny_texts
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError

@@ -10,8 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from projects import record_baseline
 
-from conftest import record_baseline
 from pytest_quantreg.measure import timing
 from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
 from pytest_quantreg.measure.evaluation import measure

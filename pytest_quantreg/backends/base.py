@@ -71,6 +71,13 @@ class BuildContext:
 
 
 @dataclass(frozen=True)
+class Logits:
+    """What a forward pass of a model that is not a transformers model returns, as a transformers model's output does."""
+
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
 class Backend:
     """A quantization library, named as the fallback report names it, and the setting of its own API
     that keeps the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends import cache
-from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Logits, Precision
 from pytest_quantreg.measure.loading import MB
 
 if TYPE_CHECKING:
@@ -42,13 +42,6 @@ def scope(layer: str) -> str:
 
 
 BACKEND = Backend("nncf", lambda layers: f"ignored_scope=nncf.IgnoredScope(patterns={[scope(layer) for layer in sorted(layers)]!r})")
-
-
-@dataclass(frozen=True)
-class Logits:
-    """What a forward pass returns, as a transformers model's output does."""
-
-    logits: torch.Tensor
 
 
 @dataclass

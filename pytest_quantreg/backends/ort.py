@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends import cache
-from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Logits, Precision
 from pytest_quantreg.backends.onnx_weights import StoredWeight, dequantized, onnx_nodes, stored_weights, weight_initializers
 from pytest_quantreg.measure.loading import MB, quiet_loggers
 
@@ -36,13 +36,6 @@ BACKEND = Backend(
 )
 OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript)"
-
-
-@dataclass(frozen=True)
-class Logits:
-    """What a forward pass returns, as a transformers model's output does."""
-
-    logits: torch.Tensor
 
 
 @dataclass

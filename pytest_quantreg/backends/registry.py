@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +27,7 @@ ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
 DEFAULT_PRECISIONS = "fp32,fp16,int8"
 BUILTIN: tuple[ModuleType, ...] = (casts, torch_dynamic, bnb, torchao, ort, openvino)  # in the order ``all`` runs them
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
+REGISTERABLE = frozenset(f.name for f in dataclasses.fields(Precision)) - {"name", "build"}
 
 
 class Registry:
@@ -44,46 +45,20 @@ class Registry:
             raise QuantregError(f"precision {precision.name!r} is already registered; choose another name")
         self._items[precision.name] = precision
 
-    def register(
-        self,
-        name: str,
-        build: Builder,
-        *,
-        devices: Iterable[str] = ("cpu", "cuda"),
-        description: str = "",
-        max_drop: float = 1.0,
-        max_latency_ratio: Mapping[str, float] | None = None,
-        requires: Iterable[str] = (),
-        max_flip_rate: float | None = None,
-        max_kl: float | None = None,
-        max_latency_increase: float | None = 10.0,
-        backend: str = "",
-        compilable: bool = False,
-        quantizes_linear: bool = True,
-        calibrated: bool = False,
-    ) -> None:
-        """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook)."""
-        devices = frozenset(devices)
+    def register(self, name: str, build: Builder, **fields: Any) -> None:
+        """Register a custom precision (the argument of the ``pytest_quantreg_precisions`` hook): ``fields``
+        are :class:`~pytest_quantreg.backends.base.Precision`'s, e.g. ``devices=["cpu"], max_drop=2.0``."""
+        unknown = sorted(set(fields) - REGISTERABLE)
+        if unknown:
+            raise QuantregError(
+                f"precision {name!r}: unknown field(s) {', '.join(unknown)}; a precision has {', '.join(sorted(REGISTERABLE))}"
+            )
+        devices = frozenset(fields.pop("devices", ("cpu", "cuda")))
         if not devices or not devices <= {"cpu", "cuda"}:
             raise QuantregError(f"precision {name!r}: devices must be a subset of cpu, cuda; got {sorted(devices)}")
-        self.add(
-            Precision(
-                name=name,
-                build=build,
-                devices=devices,
-                description=description,
-                max_drop=max_drop,
-                max_latency_ratio=dict(max_latency_ratio or {}),
-                requires=tuple(requires),
-                max_flip_rate=max_flip_rate,
-                max_kl=max_kl,
-                max_latency_increase=max_latency_increase,
-                backend=backend,
-                compilable=compilable,
-                quantizes_linear=quantizes_linear,
-                calibrated=calibrated,
-            )
-        )
+        fields["max_latency_ratio"] = dict(fields.get("max_latency_ratio") or {})
+        fields["requires"] = tuple(fields.get("requires", ()))
+        self.add(Precision(name=name, build=build, devices=devices, **fields))
 
     def replace(self, name: str, **changes: Any) -> None:
         """Change a registered precision: wrap a built-in's build, or change its default gates, e.g.

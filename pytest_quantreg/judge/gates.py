@@ -1,4 +1,5 @@
-"""The gates: predictions against the stored FP32 baseline, latency against FP32 in this run.
+"""The gates: predictions against the stored FP32 baseline, latency against FP32 in this run; each
+returns a :class:`~pytest_quantreg.judge.verdict.Verdict`.
 
 Prediction gates: accuracy drop (points), relative accuracy (percent of FP32, MLPerf style),
 optionally only when the drop is significant (``alpha``), flip rate and mean KL divergence.
@@ -17,12 +18,11 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import pytest
-
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline
 from pytest_quantreg.judge.metrics import ACCURACY, ACCURACY_METRIC, Metric
-from pytest_quantreg.judge.stats import Agreement, LatencyRatio, compare, latency_ratio
+from pytest_quantreg.judge.stats import Agreement, LatencyRatio, compare
+from pytest_quantreg.judge.verdict import Verdict, failed, not_judged, passed
 from pytest_quantreg.measure.evaluation import Measurement
 
 FP32 = "fp32"
@@ -53,30 +53,17 @@ def agreement(measurement: Measurement, baseline: Baseline, metric: Metric = ACC
     return stats
 
 
-def check_accuracy(
-    measurement: Measurement,
-    baseline: Baseline,
-    limits: Mapping[str, Limit],
-    metric: Metric = ACCURACY_METRIC,
-    class_names: Sequence[str] = (),
-    context: str = "",
-) -> Agreement:
-    """Fail when a prediction gate is exceeded (the drop gates judging ``metric``); return the statistics.
+def judge_accuracy(name: str, stats: Agreement, baseline: Baseline, limits: Mapping[str, Limit], context: str = "") -> Verdict:
+    """The prediction gates' verdict on ``stats`` (precision ``name`` against the baseline's FP32 predictions).
     ``context`` (lines) goes into the failure message, e.g. what a fallback search found."""
-    __tracebackhide__ = True
-    try:
-        stats = agreement(measurement, baseline, metric, class_names)
-    except QuantregError as exc:
-        pytest.fail(str(exc), pytrace=False)
     failures, noise = gate_failures(stats, limits)
     if not failures:
-        return stats
-    name = measurement.precision
+        return passed(name, "accuracy")
     what = "FP32 drifted from its stored baseline" if name == FP32 else f"{name} regressed against FP32"
     fix = ", ".join(f"--quantreg-{key.replace('_', '-')}={name}=N" for key, _ in failures)
     headline = "" if stats.metric.kind == ACCURACY else f"{stats.metric.name} {stats.metric_value:.2%} vs FP32 {stats.fp32_metric:.2%}, "
     flips = ", ".join(f"{move} {count}" for move, count in stats.class_flips.items())
-    pytest.fail(
+    message = (
         f"{what}: {headline}accuracy {stats.accuracy:.2%} vs FP32 baseline {stats.fp32_accuracy:.2%} on {stats.n} samples{noise}\n"
         + "".join(f"  - {message}\n" for _, message in failures)
         + (f"  predictions moved from FP32's class: {flips}\n" if flips else "")
@@ -84,9 +71,9 @@ def check_accuracy(
         + context
         + f"  baseline: {baseline.path}\n"
         f"  accept it: raise the limit ({fix}, or the quantreg marker)"
-        + (f", or re-record FP32 with {UPDATE_FLAG}" if name == FP32 else ""),
-        pytrace=False,
+        + (f", or re-record FP32 with {UPDATE_FLAG}" if name == FP32 else "")
     )
+    return failed(name, "accuracy", message, tuple(key for key, _ in failures))
 
 
 def gate_failures(stats: Agreement, limits: Mapping[str, Limit]) -> tuple[list[tuple[str, str]], str]:
@@ -156,50 +143,50 @@ def disturbance(measurement: Measurement) -> str | None:
     return None
 
 
-def check_latency(
-    measurement: Measurement, limit: Limit, increase: Limit, record: LatencyRatio | None, hardware_class: str
-) -> LatencyRatio:
-    """Fail when the latency ratio to FP32 (paired timings of this pass) is above the fixed ``limit``,
-    or above the ``record`` for this hardware class by more than ``increase`` percent, beyond noise;
-    skip when it cannot be judged."""
-    __tracebackhide__ = True
+def judge_latency(
+    measurement: Measurement, ratio: LatencyRatio | None, limit: Limit, increase: Limit, record: LatencyRatio | None, hardware_class: str
+) -> Verdict:
+    """The latency gates' verdict on ``ratio`` (this pass's paired timings against FP32): failed when it is
+    above the fixed ``limit``, or above the ``record`` for this hardware class by more than ``increase``
+    percent, beyond noise; not judged when it cannot be."""
     name = measurement.precision
     if measurement.latencies_s is None:
-        pytest.skip(
-            f"latency gate for {name} not judged: timing is off ({measurement.timer}); "
-            "pytest-benchmark disables timing with --benchmark-disable and under xdist"
-        )
+        why = f"timing is off ({measurement.timer}); pytest-benchmark disables timing with --benchmark-disable and under xdist"
+        return not_judged(name, "latency", f"latency gate for {name} not judged: {why}")
     busy = disturbance(measurement)
     if busy:
-        pytest.skip(f"latency gate for {name} not judged: {busy}")
+        return not_judged(name, "latency", f"latency gate for {name} not judged: {busy}", busy=True)
     if name == FP32:
-        return LatencyRatio(1.0, (1.0, 1.0), len(measurement.latencies_s))
-    ratio = latency_ratio(measurement.paired_s)
+        return passed(name, "latency")
     if ratio is None:
-        pytest.skip(f"latency gate for {name} not judged: no FP32 timings were paired with its timed pass")
+        return not_judged(name, "latency", f"latency gate for {name} not judged: no FP32 timings were paired with its timed pass")
     relative = increase.value is not None and record is not None
     if limit.value is None and not relative:
-        pytest.skip(f"no latency limit for {name} on this device; set one with --quantreg-max-latency-ratio={name}=N")
+        why = f"no latency limit for {name} on this device; set one with --quantreg-max-latency-ratio={name}=N"
+        return not_judged(name, "latency", why)
     failures = []
     if limit.value is not None and ratio.ci95[0] > limit.value + _SLACK:
-        failures.append(f"the whole interval is above max {limit.value:.3f} ({limit.source})")
+        failures.append(("max_latency_ratio", f"the whole interval is above max {limit.value:.3f} ({limit.source})"))
     if increase.value is not None and record is not None:
         ceiling = record.ratio * (1 + increase.value / 100)
         if ratio.ci95[0] > ceiling + _SLACK:
             failures.append(
-                f"the whole interval is above {ceiling:.3f}: the {record.ratio:.3f} recorded for this hardware class "
-                f"+ {increase.value:g}% ({increase.source})"
+                (
+                    "max_latency_increase",
+                    f"the whole interval is above {ceiling:.3f}: the {record.ratio:.3f} recorded for this hardware class "
+                    f"+ {increase.value:g}% ({increase.source})",
+                )
             )
-    if failures:
-        pairs = measurement.paired_s or ()
-        mine, fp32 = statistics.median(p[0] for p in pairs) * 1000, statistics.median(p[1] for p in pairs) * 1000
-        pytest.fail(
-            f"{name} is too slow against FP32: {ratio.describe()}\n"
-            + "".join(f"  - {failure}\n" for failure in failures)
-            + f"  paired medians: {mine:.2f} ms vs FP32 {fp32:.2f} ms, timed back to back on the same samples\n"
-            f"  hardware class: {hardware_class}\n"
-            f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N, --quantreg-max-latency-increase={name}=N "
-            f"or the quantreg marker), or re-record the ratio on this hardware with {UPDATE_FLAG}",
-            pytrace=False,
-        )
-    return ratio
+    if not failures:
+        return passed(name, "latency")
+    pairs = measurement.paired_s or ()
+    mine, fp32 = statistics.median(p[0] for p in pairs) * 1000, statistics.median(p[1] for p in pairs) * 1000
+    message = (
+        f"{name} is too slow against FP32: {ratio.describe()}\n"
+        + "".join(f"  - {failure}\n" for _, failure in failures)
+        + f"  paired medians: {mine:.2f} ms vs FP32 {fp32:.2f} ms, timed back to back on the same samples\n"
+        f"  hardware class: {hardware_class}\n"
+        f"  accept it: raise the limit (--quantreg-max-latency-ratio={name}=N, --quantreg-max-latency-increase={name}=N "
+        f"or the quantreg marker), or re-record the ratio on this hardware with {UPDATE_FLAG}"
+    )
+    return failed(name, "latency", message, tuple(key for key, _ in failures))

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.judge.gates import FP32, Limit, agreement, check_accuracy, check_latency, gate_failures
-from pytest_quantreg.judge.stats import Agreement, LatencyRatio
+from pytest_quantreg.judge.gates import FP32, Limit, gate_failures, judge_accuracy, judge_latency
+from pytest_quantreg.judge.stats import Agreement, LatencyRatio, latency_ratio
+from pytest_quantreg.judge.verdict import Verdict
 from pytest_quantreg.measure.evaluation import Measurement
 from pytest_quantreg.measure.failures import LibraryFailure
 from pytest_quantreg.plugin import xdist
@@ -77,19 +77,18 @@ class Quantreg:
         baseline = user_errors(run.baseline)
         result = self.measure()
         limits = {key: self.limit(key) for key in GATE_KEYS}
-        metric, labels = run.subject.metric, run.subject.labels
+        stats = user_errors(lambda: run.agreement(self.label, result, baseline))
         context = ""
-        if run.settings.fallback != "off" and self.precision != FP32:
-            stats = user_errors(lambda: agreement(result, baseline, metric, labels))
-            if gate_failures(stats, limits)[0]:
-                from pytest_quantreg.report.terminal import fallback_context
+        if run.settings.fallback != "off" and self.precision != FP32 and gate_failures(stats, limits)[0]:
+            from pytest_quantreg.report.terminal import fallback_context
 
-                found = self._fallback(limits)
-                applied = run.measurements.get(f"{self.label}[fallback]") if run.settings.fallback == "enforce" else None
-                context = fallback_context(found, enforced=applied is not None)
-                if applied is not None:
-                    result = dataclasses.replace(applied, precision=self.precision)
-        return check_accuracy(result, baseline, limits, metric, labels, context)
+            found = self._fallback(limits)
+            applied = run.measurements.get(f"{self.label}[fallback]") if run.settings.fallback == "enforce" else None
+            context = fallback_context(found, enforced=applied is not None)
+            if applied is not None:
+                stats = user_errors(lambda: run.agreement(applied.precision, applied, baseline))
+        self._outcome(judge_accuracy(self.precision, stats, baseline, limits, context))
+        return stats
 
     def fallback(self) -> Fallback:
         """This precision's fallback search (see the ``quantreg_fallback`` fixture), once per session."""
@@ -114,7 +113,20 @@ class Quantreg:
         # FP32 is the reference, and a run that records ratios does not judge against the old ones
         judge_record = self.precision != FP32 and increase.value is not None and not self._run.settings.records_latency
         record = self._run.latency_record(self.label) if judge_record else None
-        return check_latency(result, self.limit("max_latency_ratio"), increase, record, self._run.subject.hardware.hardware_class)
+        ratio = LatencyRatio(1.0, (1.0, 1.0), len(result.latencies_s or ())) if self.precision == FP32 else latency_ratio(result.paired_s)
+        hardware_class = self._run.subject.hardware.hardware_class
+        self._outcome(judge_latency(result, ratio, self.limit("max_latency_ratio"), increase, record, hardware_class))
+        assert ratio is not None  # a verdict without a ratio is never passed
+        return ratio
+
+    def _outcome(self, verdict: Verdict) -> None:
+        """Keep ``verdict`` on the run, then fail the test when it failed and skip it when it was not judged."""
+        __tracebackhide__ = True
+        self._run.ledger.verdicts.setdefault(self.label, {})[verdict.gate] = verdict
+        if verdict.failed:
+            pytest.fail(verdict.message, pytrace=False)
+        if not verdict.passed:
+            pytest.skip(verdict.message)
 
     def _benchmark(self) -> Any | None:
         if not self._request.config.pluginmanager.hasplugin("benchmark"):
@@ -127,7 +139,7 @@ class Quantreg:
         baseline = run.store.usable()
         against = None
         if baseline is not None:
-            against = (user_errors(lambda: agreement(result, baseline, run.subject.metric, run.subject.labels)), baseline)
+            against = (user_errors(lambda: run.agreement(self.label, result, baseline)), baseline)
         info = extra_info(run, self.label, self.keep_fp32, result, against)
         self._request.config.hook.pytest_quantreg_update_extra_info(config=self._request.config, precision=self.label, extra_info=info)
         benchmark.extra_info.update(info)

@@ -1,4 +1,4 @@
-"""What a run found: measurements, weight and fallback reports, files written, notes and skips.
+"""What a run found: measurements, verdicts, weight and fallback reports, files written, notes and skips.
 
 A pytest-xdist worker sends its ledger to the controller as plain types (:meth:`Ledger.to_json`),
 and the controller merges it into its own (:meth:`Ledger.merge`), so ``pytest -n 2`` reports the
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_quantreg.judge.verdict import Verdict
 from pytest_quantreg.measure.evaluation import Measurement
 from pytest_quantreg.measure.weights import LayerError, WeightReport
 
@@ -23,6 +24,7 @@ class Ledger:
     measurements: dict[str, Measurement] = field(default_factory=dict)
     weight_reports: dict[str, WeightReport] = field(default_factory=dict)
     fallback_reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> the search's report as JSON
+    verdicts: dict[str, dict[str, Verdict]] = field(default_factory=dict)  # label -> gate -> its verdict
     written: list[tuple[str, Path]] = field(default_factory=list)  # (outcome, path) of every file written
     skipped: dict[str, str] = field(default_factory=dict)  # what was not done, and why
     notes: dict[str, str] = field(default_factory=dict)  # end-of-run lines, by topic
@@ -50,6 +52,7 @@ class Ledger:
             "measurements": [dataclasses.asdict(m) for m in self.measurements.values()],
             "weight_reports": [dataclasses.asdict(r) for r in self.weight_reports.values()],
             "fallback_reports": dict(self.fallback_reports),
+            "verdicts": {label: {gate: dataclasses.asdict(v) for gate, v in gates.items()} for label, gates in self.verdicts.items()},
             "written": [[outcome, str(path)] for outcome, path in self.written],
             "skipped": dict(self.skipped),
             "notes": dict(self.notes),
@@ -67,6 +70,8 @@ class Ledger:
             layers = tuple(LayerError(**_tuples(layer)) for layer in item["layers"])
             self.weight_reports[item["precision"]] = WeightReport(item["precision"], layers, tuple(item.get("kept_fp32", ())))
         self.fallback_reports.update(data.get("fallback_reports", {}))
+        for label, gates in data.get("verdicts", {}).items():
+            self.verdicts.setdefault(label, {}).update({gate: Verdict(**_tuples(v)) for gate, v in gates.items()})
         for outcome, path in data.get("written", []):
             self.wrote(outcome, Path(path))
         self.skipped.update(data.get("skipped", {}))

@@ -18,9 +18,9 @@ from pytest_quantreg.backends.base import Precision
 from pytest_quantreg.backends.registry import Registry
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline
-from pytest_quantreg.judge.gates import FP32, Limit, disturbance
+from pytest_quantreg.judge.gates import FP32, Limit, agreement, disturbance
 from pytest_quantreg.judge.sanity import reference_problems
-from pytest_quantreg.judge.stats import LatencyRatio, Reference, latency_ratio
+from pytest_quantreg.judge.stats import Agreement, LatencyRatio, Reference, latency_ratio
 from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.evaluation import Measurement, measure
 from pytest_quantreg.measure.failures import library_failures
@@ -49,6 +49,7 @@ class QuantregRun:
         self.ledger = Ledger()
         self.builds = Builds(settings, registry, self.subject, self.ledger.notes)
         self._searched: dict[tuple[Any, ...], Fallback] = {}  # (label, cap, gates) -> its search
+        self._agreements: dict[str, tuple[Measurement, Baseline, Agreement]] = {}  # label -> its pass's statistics
         self._recorded_fp32 = False
 
     @property
@@ -83,6 +84,16 @@ class QuantregRun:
                 f"each side of its latency pairs was timed {result.repetitions} forwards at a time"
             )
         return result
+
+    def agreement(self, label: str, measurement: Measurement, baseline: Baseline) -> Agreement:
+        """The paired statistics of ``measurement`` (label ``label``) against ``baseline``'s FP32 predictions,
+        computed once per pass and baseline; :class:`QuantregError` for a damaged baseline."""
+        cached = self._agreements.get(label)
+        if cached is not None and cached[0] is measurement and cached[1] is baseline:
+            return cached[2]
+        stats = agreement(measurement, baseline, self.subject.metric, self.subject.labels)
+        self._agreements[label] = (measurement, baseline, stats)
+        return stats
 
     def fallback(
         self, precision: Precision, label: str, tokens: tuple[str, ...], model: Any, limits: Mapping[str, Limit], cap: int | None
