@@ -148,12 +148,19 @@ _FLAGS: list[tuple[str, str, str]] = [
     (
         "--quantreg-update-baselines",
         "quantreg_update_baselines",
-        "Record missing FP32 baselines and refresh existing ones, with this hardware's latency ratios (the only way a baseline is written)",
+        "Record missing FP32 baselines and refresh existing ones, with this hardware class's records (--quantreg-record); "
+        "the only way a baseline is created",
+    ),
+    (
+        "--quantreg-record",
+        "quantreg_record",
+        "Record, for this hardware class, each precision's per-sample outcome (which later runs are judged against) and its "
+        "latency ratio in the existing baseline; FP32's outcome there is left as it is",
     ),
     (
         "--quantreg-record-latency",
         "quantreg_record_latency",
-        "Record this run's latency ratios for this hardware class in the existing baseline; FP32's outcome there is left as it is",
+        "Record only this run's latency ratios for this hardware class in the existing baseline (--quantreg-record records outcomes too)",
     ),
     (
         "--quantreg-accept-reference",
@@ -196,6 +203,12 @@ GATES: tuple[Gate, ...] = (
     ),
     Gate("max_flip_rate", "Largest share of samples whose predicted label differs from FP32's, in percent", upper=100.0),
     Gate("max_kl", "Largest mean KL divergence of FP32's softmax to this precision's, in nats"),
+    Gate(
+        "max_drift_flip_rate",
+        "Largest share of samples whose prediction differs from this precision's own record for this hardware class, in percent",
+        upper=100.0,
+    ),
+    Gate("max_drift_kl", "Largest mean KL divergence of this precision's recorded softmax (this hardware class) to this run's, in nats"),
     Gate(
         "max_latency_ratio",
         "Largest latency over FP32's, timed back to back on the same samples (median of the per-sample ratios); "

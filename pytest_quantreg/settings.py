@@ -77,6 +77,7 @@ class Settings:
     fallback_report: Path | None
     baseline_dir: Path
     update_baselines: bool
+    record: bool
     record_latency: bool
     trust_remote_code: bool
     accept_reference: bool
@@ -88,7 +89,12 @@ class Settings:
     @property
     def records_latency(self) -> bool:
         """Whether this run writes its latency ratios (and so does not judge against the old ones)."""
-        return self.update_baselines or self.record_latency
+        return self.update_baselines or self.record or self.record_latency
+
+    @property
+    def records_outcomes(self) -> bool:
+        """Whether this run writes each precision's outcome (and so does not judge against the old ones)."""
+        return self.update_baselines or self.record
 
     @property
     def device_type(self) -> str:
@@ -146,6 +152,7 @@ def resolve(config: pytest.Config) -> Settings:
             fallback_report=path("quantreg_fallback_report"),
             baseline_dir=(config.rootpath / get("quantreg_baseline_dir")).resolve(),
             update_baselines=flag("quantreg_update_baselines"),
+            record=flag("quantreg_record"),
             record_latency=flag("quantreg_record_latency"),
             trust_remote_code=flag("quantreg_trust_remote_code"),
             accept_reference=flag("quantreg_accept_reference"),

@@ -32,10 +32,12 @@ CUSTOM_PRECISIONS = textwrap.dedent(
 
     def _flip_rare(ctx):
         # a model that errs on exactly the two texts containing the word "w4": FP32 is right on all 60
+        return _flipping(ctx.load(), ctx)
+
+    def _flipping(model, ctx):
         from transformers import AutoTokenizer
 
         rare = AutoTokenizer.from_pretrained(ctx.model_dir).convert_tokens_to_ids("w4")
-        model = ctx.load()
         forward = model.forward
         def flipped(*args, **kwargs):
             out = forward(*args, **kwargs)
@@ -66,8 +68,10 @@ CUSTOM_PRECISIONS = textwrap.dedent(
         registry.register("flip-rare", _flip_rare, devices=["cpu"], max_drop=100.0)
         registry.register("slow", _slow, devices=["cpu"], max_latency_ratio={"cpu": 1.5})
         registry.register("needs-missing", _damaged, requires=["no_such_module_xyz"])
+        build = registry["int8-dynamic"].build
         if os.environ.get("TINY_SLOW"):  # "a new release made int8 slower", under the same name
-            build = registry["int8-dynamic"].build
             registry.replace("int8-dynamic", build=lambda ctx: _five_times(build(ctx)))
+        if os.environ.get("TINY_FLIP"):  # "a new release changed two of int8's predictions", under the same name
+            registry.replace("int8-dynamic", build=lambda ctx: _flipping(build(ctx), ctx))
     """
 )

@@ -103,6 +103,8 @@ class Precision:
     max_flip_rate: float | None = None
     max_kl: float | None = None
     max_latency_increase: float | None = 10.0
+    max_drift_flip_rate: float | None = 1.0  # against its own record on this hardware class: as tight as FP32's drift gate
+    max_drift_kl: float | None = 0.001
     backend: str = ""  # whose API keeps layers in FP32 (the fallback search prints that setting): a Backend's name
     extra: str = ""  # the pytest-quantreg extra that installs ``requires`` (torchao, onnx); "" for core dependencies
     unsupported: Callable[[str], str | None] | None = None  # why it cannot run on a device type here, beyond devices/requires
@@ -147,7 +149,13 @@ class Precision:
             return self.max_latency_ratio.get(device_type)
         if key == "max_latency_increase":
             return self.max_latency_increase
-        return {"max_drop": self.max_drop, "max_flip_rate": self.max_flip_rate, "max_kl": self.max_kl}.get(key)
+        return {
+            "max_drop": self.max_drop,
+            "max_flip_rate": self.max_flip_rate,
+            "max_kl": self.max_kl,
+            "max_drift_flip_rate": self.max_drift_flip_rate,
+            "max_drift_kl": self.max_drift_kl,
+        }.get(key)
 
 
 def _quiet_import(module: str) -> None:

@@ -3,14 +3,17 @@
 A baseline holds FP32's accuracy, confidence, size, latency as recorded, and per-sample
 predictions and probabilities keyed by sample id (never texts), with the provenance that decides
 whether it may be compared with this run at all, and the hardware it was recorded on. It also
-holds, per hardware class, the paired latency ratios of the other precisions, which later runs on
-the same class of hardware are judged against, and per precision the set of units its fallback
-search kept in FP32, which later searches check first. Files are validated on read, written
+holds, per hardware class, the paired latency ratios of the other precisions and their per-sample
+outcomes (predictions and probabilities), which later runs on the same class of hardware are judged
+against, and per precision the set of units its fallback search kept in FP32, which later searches
+check first. Files are validated on read, written
 atomically, and only ever written when the user asks (``--quantreg-update-baselines``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import re
@@ -20,6 +23,7 @@ from typing import Any
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import atomic_write_json
+from pytest_quantreg.judge.drift import OutcomeRecord
 from pytest_quantreg.judge.stats import LatencyRatio, Reference
 from pytest_quantreg.measure.evaluation import Measurement
 from pytest_quantreg.measure.hardware import Hardware
@@ -31,6 +35,9 @@ _SLUG = re.compile(r"[^a-z0-9._-]+")
 # How paired latency ratios are timed; a record made another way is not compared with (re-record it).
 # "settled-warm-1": each side after the process went quiet and two untimed forwards, disturbed pairs re-timed.
 TIMING_PROTOCOL = "settled-warm-1"
+# How a precision's outcome is recorded: predictions and float32 probabilities of every sample, in the
+# order of the sorted sample ids, at the run's batch size. A record made another way is not compared with.
+OUTCOME_PROTOCOL = "outcome-1"
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Baseline:
     predictions: dict[str, dict[str, Any]]
     latency_records: dict[str, dict[str, Any]]
     fallback_sets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outcome_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def fallback_units(self, label: str) -> tuple[str, ...] | None:
         """The units the fallback search of precision ``label`` stored, or None."""
@@ -89,6 +97,27 @@ class Baseline:
             return None
         low, high = entry["ci95"]
         return LatencyRatio(float(entry["ratio"]), (float(low), float(high)), int(entry["pairs"]))
+
+    def outcome_record(self, hardware_class: str, name: str) -> tuple[OutcomeRecord | None, str]:
+        """The outcome recorded for precision ``name`` on ``hardware_class`` and "", or None and why there is
+        none that this version can compare with."""
+        entry = self.outcome_records.get(hardware_class, {}).get("precisions", {}).get(name)
+        if entry is None:
+            return None, "no outcome record"
+        if entry.get("protocol") != OUTCOME_PROTOCOL:
+            return None, f"an outcome record made another way ({entry.get('protocol')}; {OUTCOME_PROTOCOL} here)"
+        ids = sorted(self.predictions)
+        predictions, probabilities = _decode_outcome(entry, len(ids))
+        if len(predictions) != len(ids):
+            return None, f"an outcome record of {len(predictions)} samples, not the {len(ids)} of this sample"
+        return OutcomeRecord(
+            predictions=dict(zip(ids, predictions, strict=True)),
+            probabilities=dict(zip(ids, probabilities, strict=True)),
+            size_mb=float(entry["size_mb"]),
+            batch_size=int(entry["batch_size"]),
+            provenance=dict(entry.get("provenance") or {}),
+            recorded=str(entry.get("recorded", "")),
+        ), ""
 
     def reference(self) -> Reference:
         """FP32's per-sample outcome, for the paired statistics (logits when the file has them)."""
@@ -161,8 +190,9 @@ def load(path: Path) -> Baseline | None:
             predictions={str(k): _prediction(v) for k, v in data["predictions"].items()},
             latency_records={str(k): _latency_record(v) for k, v in (data.get("latency_records") or {}).items()},
             fallback_sets={str(k): _fallback_set(v) for k, v in (data.get("fallback_sets") or {}).items()},
+            outcome_records={str(k): _outcome_records(v) for k, v in (data.get("outcome_records") or {}).items()},
         )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
         raise QuantregError(f"baseline {path} is incomplete or malformed ({type(exc).__name__}: {exc}); {fix}") from None
     if len(baseline.predictions) != baseline.provenance.get("n_samples"):
         raise QuantregError(
@@ -197,8 +227,8 @@ def record(measurement: Measurement, provenance: Provenance, hardware: Hardware,
 def write(path: Path, document: dict[str, Any]) -> str:
     """Write atomically; return 'created', 'updated' or 'unchanged' (outcome ignoring date, timings).
 
-    The latency records and fallback sets of the file being replaced are kept while its provenance
-    stays: they belong to other hardware and other precisions too."""
+    The latency and outcome records and the fallback sets of the file being replaced are kept while its
+    provenance stays: they belong to other hardware and other precisions too."""
     try:
         old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     except (OSError, ValueError):
@@ -206,7 +236,7 @@ def write(path: Path, document: dict[str, Any]) -> str:
     if old is not None and _stable(old) == _stable(document):
         return "unchanged"
     if isinstance(old, dict) and _stable(old)[0] == _stable(document)[0]:
-        kept = {key: old[key] for key in ("latency_records", "fallback_sets") if isinstance(old.get(key), dict)}
+        kept = {key: old[key] for key in ("latency_records", "fallback_sets", "outcome_records") if isinstance(old.get(key), dict)}
         document = {**document, **kept}
     _atomic_write(path, document)
     return "created" if old is None else "updated"
@@ -229,6 +259,51 @@ def write_latency(path: Path, hardware: Hardware, ratios: dict[str, LatencyRatio
     )
     records[hardware.hardware_class] = entry
     _atomic_write(path, {**document, "latency_records": records})
+
+
+def write_outcomes(path: Path, hardware: Hardware, outcomes: dict[str, dict[str, Any]], versions: dict[str, str]) -> None:
+    """Store each precision's outcome (:func:`outcome_entry`) under ``hardware``'s class in the baseline at
+    ``path`` (which must exist), replacing those precisions' earlier records for that class and keeping the rest."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    records = dict(document.get("outcome_records") or {})
+    entry = dict(records.get(hardware.hardware_class) or {})
+    recorded = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    entry.update(
+        hardware=hardware.to_json(),
+        precisions={**dict(entry.get("precisions") or {}), **{name: {**e, "recorded": recorded} for name, e in outcomes.items()}},
+    )
+    records[hardware.hardware_class] = entry
+    _atomic_write(path, {**document, "outcome_records": records})
+
+
+def outcome_entry(measurement: Measurement, provenance: dict[str, Any]) -> dict[str, Any]:
+    """A precision's outcome as the baseline stores it: one line of predictions and the float32 probabilities
+    in base64, both in the order of the sorted sample ids (a diff shows that it changed, the gate shows how)."""
+    import numpy as np
+
+    order = sorted(range(len(measurement.ids)), key=lambda i: measurement.ids[i])
+    probabilities = np.asarray([measurement.probabilities[i] for i in order], dtype="<f4")
+    return {
+        "protocol": OUTCOME_PROTOCOL,
+        "predictions": ",".join(str(measurement.predictions[i]) for i in order),
+        "probabilities": base64.b64encode(probabilities.tobytes()).decode("ascii"),
+        "classes": int(probabilities.shape[1]),
+        "accuracy": measurement.accuracy,
+        "size_mb": measurement.size_mb,
+        "batch_size": measurement.batch_size,
+        "provenance": provenance,
+    }
+
+
+def _decode_outcome(entry: dict[str, Any], n: int) -> tuple[list[int], list[tuple[float, ...]]]:
+    import numpy as np
+
+    predictions = [int(x) for x in str(entry["predictions"]).split(",")] if entry["predictions"] else []
+    flat = np.frombuffer(base64.b64decode(entry["probabilities"]), dtype="<f4")
+    classes = int(entry["classes"])
+    if classes <= 0 or flat.size != len(predictions) * classes:
+        raise TypeError(f"outcome record holds {flat.size} probabilities for {len(predictions)} predictions of {classes} classes")
+    return predictions, [tuple(float(x) for x in row) for row in flat.reshape(-1, classes)]
 
 
 def write_fallback(path: Path, sets: dict[str, dict[str, Any]], versions: dict[str, str]) -> None:
@@ -278,6 +353,17 @@ def _latency_record(entry: dict[str, Any]) -> dict[str, Any]:
             "timing": str(value.get("timing", "")),
         }
     return {**entry, "ratios": ratios}
+
+
+def _outcome_records(entry: dict[str, Any]) -> dict[str, Any]:
+    """One hardware class's outcome records, checked: each decodes (predictions and probabilities agree)."""
+    precisions = dict(entry["precisions"])
+    for value in precisions.values():
+        if value.get("protocol") == OUTCOME_PROTOCOL:
+            _decode_outcome(value, 0)
+            _number(value["size_mb"])
+            int(value["batch_size"])
+    return {**entry, "precisions": precisions}
 
 
 def _fallback_set(entry: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.judge.drift import differences, drift, judge_drift
 from pytest_quantreg.judge.gates import FP32, Limit, gate_failures, judge_accuracy, judge_latency
 from pytest_quantreg.judge.stats import Agreement, LatencyRatio, latency_ratio
 from pytest_quantreg.judge.verdict import Verdict
@@ -87,8 +88,24 @@ class Quantreg:
             context = fallback_context(found, enforced=applied is not None)
             if applied is not None:
                 stats = user_errors(lambda: run.agreement(applied.precision, applied, baseline))
-        self._outcome(judge_accuracy(self.precision, stats, baseline, limits, context))
+        against_fp32 = judge_accuracy(self.precision, stats, baseline, limits, context)
+        self._outcome(against_fp32, self._drift(result, limits))
         return stats
+
+    def _drift(self, result: Measurement, limits: Mapping[str, Limit]) -> Verdict | None:
+        """The regression gate's verdict against this precision's own record on this hardware class; None
+        for FP32 (its record is the baseline), in a run that records, and without a record (noted at the end)."""
+        run = self._run
+        if self.precision == FP32 or run.settings.records_outcomes:
+            return None
+        record, _ = run.outcome_record(self.label)
+        found = drift(result, record) if record is not None else None
+        if record is None or found is None:
+            return None
+        where = f"{run.store.path} (hardware class {run.subject.hardware.hardware_class}, recorded {record.recorded})"
+        changes = differences(record.provenance, run.outcome_provenance(self.label))
+        texts = {example.id: example.text for example in run.subject.sample.examples}
+        return judge_drift(self.precision, found, limits, changes, texts, run.subject.labels, where)
 
     def fallback(self) -> Fallback:
         """This precision's fallback search (see the ``quantreg_fallback`` fixture), once per session."""
@@ -119,12 +136,16 @@ class Quantreg:
         assert ratio is not None  # a verdict without a ratio is never passed
         return ratio
 
-    def _outcome(self, verdict: Verdict) -> None:
-        """Keep ``verdict`` on the run, then fail the test when it failed and skip it when it was not judged."""
+    def _outcome(self, verdict: Verdict, *more: Verdict | None) -> None:
+        """Keep the verdicts on the run, then fail the test when one failed (with every failure's message)
+        and skip it when the first was not judged."""
         __tracebackhide__ = True
-        self._run.ledger.verdicts.setdefault(self.label, {})[verdict.gate] = verdict
-        if verdict.failed:
-            pytest.fail(verdict.message, pytrace=False)
+        verdicts = [verdict, *(v for v in more if v is not None)]
+        for one in verdicts:
+            self._run.ledger.verdicts.setdefault(self.label, {})[one.gate] = one
+        failures = [one.message for one in verdicts if one.failed]
+        if failures:
+            pytest.fail("\n".join(failures), pytrace=False)
         if not verdict.passed:
             pytest.skip(verdict.message)
 

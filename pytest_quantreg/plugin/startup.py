@@ -96,7 +96,7 @@ def _check_max_length(settings: Settings, config: Mapping[str, Any]) -> None:
 
 def _check_outputs(settings: Settings) -> None:
     """Every file this run was asked to write can be written: found out now, not after the tests."""
-    if settings.update_baselines or settings.record_latency:
+    if settings.records_latency:
         check_writable(settings.baseline_dir, "--quantreg-baseline-dir")
     if settings.weights_report is not None:
         check_writable(settings.weights_report.parent, "--quantreg-weights-report")

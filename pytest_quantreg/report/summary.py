@@ -16,10 +16,11 @@ def write_files(run: QuantregRun) -> None:
     """The latency record, the weight and fallback reports' JSON, the fallback sets in the baseline and the
     Markdown report with charts, each as asked; what cannot be written is said at the end of the run."""
     ledger, settings = run.ledger, run.settings
-    try:
-        run.record_latency()
-    except QuantregError as exc:
-        ledger.skipped["latency record"] = str(exc)
+    for what, step in (("latency record", run.record_latency), ("outcome record", run.record_outcomes)):
+        try:
+            step()
+        except QuantregError as exc:
+            ledger.skipped[what] = str(exc)
     model = run.subject.model_name
     if settings.weights_report is not None and ledger.weight_reports:
         reports = [r.to_json() for r in ledger.weight_reports.values()]
@@ -81,7 +82,8 @@ def summary_lines(run: QuantregRun, reporter: Any) -> None:
     for outcome, path in ledger.written:
         what = named.get(path) or ("report file" if outcome == "written" else "baseline")
         reporter.write_line(f"quantreg: {what} {outcome}: {path}")
-    for note in filter(None, [_or_none(lambda: build_difference(run)), unrecorded_note(run), *ledger.notes.values()]):
+    notes = [_or_none(lambda: build_difference(run)), unrecorded_note(run), *unjudged_drift_notes(run), *ledger.notes.values()]
+    for note in filter(None, notes):
         reporter.write_line(f"quantreg: {note}")
     for name, reason in ledger.skipped.items():
         reporter.write_line(f"quantreg: {name} skipped: {reason}")
@@ -116,6 +118,18 @@ def unrecorded_note(run: QuantregRun) -> str | None:
         f"({run.subject.hardware.hardware_class}) in {run.store.path} (or recorded with an older timing protocol, "
         f"{TIMING_PROTOCOL} here): only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
     )
+
+
+def unjudged_drift_notes(run: QuantregRun) -> list[str]:
+    """One line per reason why precisions were judged against FP32 only, without their own outcome record."""
+    if run.settings.records_outcomes:
+        return []
+    where = f"this hardware class ({run.subject.hardware.hardware_class}) in {run.store.path}"
+    return [
+        f"{why} for {', '.join(names)} on {where}: judged against FP32 only; record them on this machine with --quantreg-record"
+        for why, names in run.ledger.unjudged_drift.items()
+        if why != "no usable FP32 baseline"  # the accuracy tests say why
+    ]
 
 
 def build_difference(run: QuantregRun) -> str | None:

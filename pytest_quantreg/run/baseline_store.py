@@ -84,6 +84,10 @@ class BaselineStore:
         """Store latency ratios for ``hardware``'s class in the existing baseline."""
         baselines.write_latency(self.path, hardware, ratios, library_versions())
 
+    def record_outcomes(self, hardware: Hardware, outcomes: dict[str, dict[str, Any]]) -> None:
+        """Store precisions' outcomes for ``hardware``'s class in the existing baseline."""
+        baselines.write_outcomes(self.path, hardware, outcomes, library_versions())
+
     def record_fallback(self, sets: dict[str, dict[str, Any]]) -> None:
         """Store the fallback searches' sets in the existing baseline."""
         baselines.write_fallback(self.path, sets, library_versions())

@@ -29,6 +29,7 @@ class Ledger:
     skipped: dict[str, str] = field(default_factory=dict)  # what was not done, and why
     notes: dict[str, str] = field(default_factory=dict)  # end-of-run lines, by topic
     unrecorded: list[str] = field(default_factory=list)  # precisions whose latency had no record for this hardware class
+    unjudged_drift: dict[str, list[str]] = field(default_factory=dict)  # why no outcome record was compared -> precisions
     requested: bool = False  # a collected test is parametrized over the precisions
     asked: list[str] = field(default_factory=list)  # the precisions some collected test is parametrized with
 
@@ -57,6 +58,7 @@ class Ledger:
             "skipped": dict(self.skipped),
             "notes": dict(self.notes),
             "unrecorded": list(self.unrecorded),
+            "unjudged_drift": {why: list(names) for why, names in self.unjudged_drift.items()},
             "requested": self.requested,
             "asked": list(self.asked),
         }
@@ -77,6 +79,9 @@ class Ledger:
         self.skipped.update(data.get("skipped", {}))
         self.notes.update(data.get("notes", {}))
         self.unrecorded.extend(name for name in data.get("unrecorded", []) if name not in self.unrecorded)
+        for why, names in data.get("unjudged_drift", {}).items():
+            known = self.unjudged_drift.setdefault(why, [])
+            known.extend(name for name in names if name not in known)
         self.requested = self.requested or bool(data.get("requested"))
         self.asked.extend(name for name in data.get("asked", []) if name not in self.asked)
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pytest_quantreg.backends.base import Precision
 from pytest_quantreg.backends.registry import Registry
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline
+from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline, outcome_entry
+from pytest_quantreg.judge.drift import OutcomeRecord
 from pytest_quantreg.judge.gates import FP32, Limit, agreement, disturbance
 from pytest_quantreg.judge.sanity import reference_problems
 from pytest_quantreg.judge.stats import Agreement, LatencyRatio, Reference, latency_ratio
@@ -232,6 +233,62 @@ class QuantregRun:
         self.store.record_latency(hardware, measured)
         listed = ", ".join(f"{name} {ratio.ratio:.3f}" for name, ratio in measured.items())
         notes["latency recorded"] = f"latency ratios recorded for {hardware.hardware_class}: {listed} in {self.store.path}"
+
+    def outcome_record(self, label: str) -> tuple[OutcomeRecord | None, str]:
+        """The outcome recorded for ``label`` on this hardware class and "", or None and why there is none
+        (noted once for the summary)."""
+        baseline = self.store.usable()
+        if baseline is None:
+            return None, "no usable FP32 baseline"
+        key = self.record_key(label)
+        record, why = baseline.outcome_record(self.subject.hardware.hardware_class, key)
+        if record is not None and record.batch_size != self.settings.batch_size:
+            why = f"an outcome record at batch size {record.batch_size} (this run: {self.settings.batch_size})"
+            record = None
+        if record is None:
+            self.ledger.unjudged_drift.setdefault(why, [])
+            if key not in self.ledger.unjudged_drift[why]:
+                self.ledger.unjudged_drift[why].append(key)
+        return record, why
+
+    def outcome_provenance(self, label: str) -> dict[str, Any]:
+        """What an outcome record of ``label`` is made with: a later run names what changed since."""
+        from pytest_quantreg.measure.hardware import library_versions
+
+        subject, name = self.subject, label.split("[", 1)[0]
+        return {
+            "versions": library_versions(),
+            "weights_sha256": subject.weights_sha256,
+            "recipe": subject.recipe_key,
+            "calibration_sha256": subject.calibration_hash() if self.registry[name].calibrated else None,
+            "keep_fp32": keep.describe(self.settings.keep_for(name)) if self.registry[name].quantizes_linear else None,
+            "max_length": self.settings.max_length,
+        }
+
+    def record_outcomes(self) -> None:
+        """With ``--quantreg-record`` or ``--quantreg-update-baselines``, store every precision's outcome
+        measured in this run for this hardware class in the baseline."""
+        if not self.settings.records_outcomes:
+            return
+        measured = {
+            self.record_key(label): m for label, m in self.measurements.items() if label != FP32 and not label.endswith("[fallback]")
+        }
+        if not measured:
+            return
+        try:
+            self.baseline()
+        except QuantregError:
+            self.ledger.notes["outcomes recorded"] = (
+                f"outcomes not recorded: no usable FP32 baseline at {self.store.path}; record one with {UPDATE_FLAG}"
+            )
+            return
+        hardware = self.subject.hardware
+        entries = {key: outcome_entry(m, self.outcome_provenance(key)) for key, m in measured.items()}
+        self.store.record_outcomes(hardware, entries)
+        self.ledger.notes["outcomes recorded"] = (
+            f"outcomes recorded for {hardware.hardware_class}: {', '.join(entries)} in {self.store.path}; later runs on this "
+            "hardware class judge each against its own"
+        )
 
     def record_fallback_sets(self) -> None:
         """With ``--quantreg-update-baselines``, store the passing fallback sets in the baseline."""
