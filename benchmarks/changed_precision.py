@@ -8,6 +8,10 @@ under its own name, as a new quantization recipe or library release would change
 - ``QUANTREG_CHANGE=corrupt``: the FFN input projections get 4-bit per-tensor weights before the
   int8 quantization (a recipe misconfigured for one layer kind): on the example about 10 points of
   accuracy lost and 24% of the predictions changed.
+- ``QUANTREG_GRADED=SIGMA,...:SEEDS``: besides int8-dynamic, its graded changes as precisions of their own:
+  ``int8-dynamic.noiseSIGMA-sSEED`` adds seeded Gaussian noise of relative strength SIGMA (times each weight's
+  std) to every Linear weight it quantizes before quantizing, for seeds 0 to SEEDS-1; ``int8-dynamic.keep-none``
+  quantizes the output head too (a recipe change). graded_regressions.py gives them int8-dynamic's record.
 
 At the end of the session it writes each test's outcome (and a failure's message) and each
 precision's paired timings to ``$QUANTREG_BENCH_OUT`` (JSON).
@@ -25,6 +29,7 @@ import pytest
 
 from pytest_quantreg.backends.base import BuildContext, Builder
 from pytest_quantreg.backends.registry import Registry
+from pytest_quantreg.judge.drift import drift
 
 NAME = "int8-dynamic"
 OUTCOMES: dict[str, dict[str, str]] = {}
@@ -77,6 +82,44 @@ class _Loading:
         return getattr(self._ctx, name)
 
 
+def noisy(build: Builder, sigma: float, seed: int) -> Builder:
+    """``build``, its Linear weights (those it quantizes) moved by seeded Gaussian noise of ``sigma`` times their std first."""
+
+    def noisy_build(ctx: BuildContext) -> Any:
+        def load(**kwargs: Any) -> Any:
+            import torch
+
+            model = BuildContext.load(ctx, **kwargs)
+            generator = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                for name, module in model.named_modules():
+                    if type(module) is torch.nn.Linear and not ctx.keeps(name):
+                        noise = torch.randn(module.weight.shape, generator=generator)
+                        module.weight.add_(noise * module.weight.std() * sigma)
+            return model
+
+        return build(_Loading(ctx, load))
+
+    return noisy_build
+
+
+def head_quantized(build: Builder) -> Builder:
+    """``build`` with nothing kept in FP32: the output head quantized too."""
+    import dataclasses
+
+    return lambda ctx: build(dataclasses.replace(ctx, keep_fp32=()))
+
+
+def graded(spec: str) -> dict[str, Builder]:
+    """The graded changes of int8-dynamic that ``QUANTREG_GRADED`` names, by precision name."""
+    sigmas, _, seeds = spec.partition(":")
+    noise = {f"{NAME}.noise{sigma}-s{seed}": (float(sigma), seed) for sigma in sigmas.split(",") for seed in range(int(seeds or 1))}
+    return {name: noisy(BUILDS[NAME], *change) for name, change in noise.items()} | {f"{NAME}.keep-none": head_quantized(BUILDS[NAME])}
+
+
+BUILDS: dict[str, Builder] = {}
+
+
 def ffn_slowed(build: Builder, layers: int = 3) -> Builder:
     """``build``, with the feed-forward blocks (both Linear layers) of the first ``layers`` encoder layers running twice."""
 
@@ -97,6 +140,10 @@ def pytest_quantreg_precisions(registry: Registry) -> None:
     change = os.environ.get("QUANTREG_CHANGE")
     if change in CHANGES:
         registry.replace(NAME, build=CHANGES[change](registry[NAME].build))
+    if os.environ.get("QUANTREG_GRADED"):
+        BUILDS[NAME] = registry[NAME].build
+        for name, build in graded(os.environ["QUANTREG_GRADED"]).items():
+            registry.register(name, build, devices=["cpu"], max_drop=registry[NAME].max_drop, max_flip_rate=registry[NAME].max_flip_rate)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -112,5 +159,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None or not out:
         return
     pairs = {name: m.paired_s for name, m in run.measurements.items() if m.paired_s}
+    changed = {}
+    for name, measurement in run.measurements.items():
+        record, _ = run.outcome_record(name) if name != "fp32" else (None, "")
+        found = drift(measurement, record) if record is not None else None
+        if found is not None:
+            changed[name] = {"changed": len(found.changed), "n": found.n, "kl": found.kl_mean}
     with open(out, "w", encoding="utf-8") as file:
-        json.dump({"outcomes": OUTCOMES, "pairs": pairs, "hardware_class": run.subject.hardware.hardware_class}, file)
+        document = {"outcomes": OUTCOMES, "pairs": pairs, "hardware_class": run.subject.hardware.hardware_class, "drift": changed}
+        json.dump(document, file)

@@ -4,7 +4,7 @@ blocks of its first three encoder layers run twice; the change each trial measur
 
 A scratch git repository holds the example's latency tests; its head commit adds a conftest that
 asks changed_precision.py (loaded with ``-p`` on both sides) to slow int8-dynamic. Each trial runs
-``scripts/compare-commits.sh --rounds N`` (base, head, base, head, ...) with
+``quantreg compare-commits --rounds N`` (base, head, base, head, ...) with
 ``QUANTREG_FAIL_ON=latency=10%`` on ``--precision=fp32,int8-dynamic -k latency``, and prints the
 verdict, int8-dynamic's change with its interval, and any note.
 
@@ -46,14 +46,9 @@ def scratch(folder: Path) -> tuple[str, str]:
 
 
 def trial(folder: Path, base: str, head: str, rounds: int) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "QUANTREG_PYTHON": PYTHON,
-        "QUANTREG_FAIL_ON": "latency=10%",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]),
-        "QUANTREG_COMPARE_DIR": str(folder / "out"),
-    }
-    command = ["bash", str(ROOT / "scripts" / "compare-commits.sh"), "--rounds", str(rounds), base, head, *PYTEST_ARGS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])}
+    command = [PYTHON, "-m", "pytest_quantreg", "compare-commits", "--rounds", str(rounds), "--out", str(folder / "out")]
+    command += ["--fail-on", "latency=10%", base, head, "--", *PYTEST_ARGS]
     result = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     data = json.loads((folder / "out" / "compare.json").read_text())
     row = next(r for r in data["rows"] if r["precision"] == "int8-dynamic")

@@ -23,10 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     build.add_argument("--force", action="store_true", help="Rebuild even when a cached model exists")
     build.add_argument("--quiet", action="store_true", help="No progress bar")
     _add_compare(commands)
+    _add_compare_commits(commands)
     args = parser.parse_args(argv)
     try:
         if args.command == "compare":
             return _compare(args)
+        if args.command == "compare-commits":
+            from pytest_quantreg.commits import compare_commits
+
+            pytest_args = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+            return compare_commits(args.base, args.head, pytest_args, args.rounds, args.out, args.fail_on)
         return _build_example(force=args.force, progress=not args.quiet)
     except QuantregError as exc:
         print(f"quantreg: error: {exc}", file=sys.stderr)
@@ -61,6 +67,34 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     output = compare.add_mutually_exclusive_group()
     output.add_argument("--markdown", action="store_true", help="print Markdown (for a CI step summary)")
     output.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_compare_commits(commands: argparse._SubParsersAction) -> None:
+    recipe = commands.add_parser(
+        "compare-commits",
+        help="Run the pytest suite on two commits of this repository, then compare; the CI recipe",
+        description="Run pytest (the arguments after --) on BASE and HEAD in git worktrees on this machine, alternating for "
+        "--rounds rounds, then gate with quantreg compare. Exit 1 when HEAD's own pytest gates fail, whatever the "
+        "comparison says, or when the comparison finds a regression; 0 otherwise; 2 on bad input.",
+    )
+    recipe.add_argument("base", metavar="BASE", help="the commit to compare against, e.g. origin/main")
+    recipe.add_argument("head", metavar="HEAD", help="the commit under test, e.g. HEAD")
+    recipe.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run base and head N times each, alternating, so that compare sees how far latency moves between runs (default: 1)",
+    )
+    recipe.add_argument(
+        "--out",
+        type=Path,
+        default=Path("quantreg-compare"),
+        metavar="DIR",
+        help="where base-K.json, head-K.json, compare.md and compare.json go (default: %(default)s)",
+    )
+    recipe.add_argument("--fail-on", action="append", default=[], metavar="METRIC=N", help="as for quantreg compare (repeatable)")
+    recipe.add_argument("pytest_args", nargs=argparse.REMAINDER, metavar="-- PYTEST_ARGS", help="the suite to run, after --")
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -19,9 +19,9 @@ BUSY_SKIP = re.compile(r"^SKIPPED \[(\d+)\] .*latency gate for \S+ not judged: t
 JUDGED_TRIES = 3
 
 
-def busy_skips(result: pytest.RunResult) -> int:
-    """How many latency tests of ``result`` skipped because the machine was busy (needs ``-rs`` in its options)."""
-    return sum(int(count) for count in BUSY_SKIP.findall(result.stdout.str()))
+def busy_skips(output: str) -> int:
+    """How many latency tests skipped because the machine was busy, read from a run's ``output`` (run with ``-rs``)."""
+    return sum(int(count) for count in BUSY_SKIP.findall(output))
 
 
 def assert_verdicts(result: pytest.RunResult, *, passed: int = 0, failed: int = 0, skipped: int = 0, errors: int = 0) -> int:
@@ -30,7 +30,7 @@ def assert_verdicts(result: pytest.RunResult, *, passed: int = 0, failed: int = 
     __tracebackhide__ = True
     outcomes = result.parseoutcomes()
     got = {key: outcomes.get(key, 0) for key in ("passed", "failed", "skipped", "errors")}
-    busy = busy_skips(result)
+    busy = busy_skips(result.stdout.str())
     assert got["skipped"] - busy == skipped, (got, f"{busy} skipped as busy")
     assert got["errors"] == errors, got
     assert got["passed"] <= passed, got
@@ -45,7 +45,7 @@ def until_judged(run: Callable[[], pytest.RunResult], tries: int = JUDGED_TRIES)
     __tracebackhide__ = True
     for attempt in range(tries):
         result = run()
-        if not busy_skips(result):
+        if not busy_skips(result.stdout.str()):
             return result
         if attempt < tries - 1:
             time.sleep(2.0)  # a passing neighbour may be gone

@@ -109,5 +109,5 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_example(*args: str) -> subprocess.CompletedProcess[str]:
     """The example's regression suite (tests/test_quantization.py) in a child process, from the repository root."""
-    command = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "-p", "no:cacheprovider", *args]
+    command = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "-p", "no:cacheprovider", "-rs", *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)

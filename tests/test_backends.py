@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from outcomes import assert_verdicts, until_judged
+from outcomes import assert_verdicts, busy_skips, until_judged
 from projects import labelled_csv, lenient_project, run_example, save_tiny, tiny_model, tiny_texts
 from test_plugin import record_baseline
 
@@ -206,14 +206,14 @@ def test_on_the_example_torchao_and_onnx_runtime_report_statistics_weights_and_j
         f"--precision={names}", f"--benchmark-json={tmp_path / 'bench.json'}", f"--quantreg-weights-report={tmp_path / 'weights.json'}"
     )
     assert run.returncode == 0, run.stdout[-4000:]
-    assert "6 passed" in run.stdout
+    assert f"{6 - busy_skips(run.stdout)} passed" in run.stdout  # a latency test the machine kept busy is not judged
     assert "Failed to load" not in run.stdout + run.stderr  # torchao's import noise is held back
     bench = by_precision(tmp_path / "bench.json")
     for name in ("torchao-int8-dynamic", "onnx-int8-dynamic"):
         info = bench[name]["extra_info"]
         assert info["n_samples"] == 387
         assert info["flip_rate"] < 0.06, name  # both keep far more of FP32's predictions than quantize_dynamic's 10.3%
-        assert info["latency_pairs"] > 0
+        assert info["latency_pairs"] > 0 or info.get("latency_disturbed")
     assert bench["onnx-int8-dynamic"]["extra_info"]["size_mb"] < 30  # embeddings quantized too
     layers = weight_layers(tmp_path / "weights.json")
     assert len(layers["onnx-int8-dynamic"]) == len(layers["torchao-int8-dynamic"]) == len(layers["fp32"])

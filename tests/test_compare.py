@@ -1,4 +1,4 @@
-"""`quantreg compare`, the CI recipe (scripts/compare-commits.sh) and --quantreg-report, run for real."""
+"""`quantreg compare`, the CI recipe (`quantreg compare-commits`) and --quantreg-report, run for real."""
 
 from __future__ import annotations
 
@@ -238,18 +238,16 @@ def git(cwd: Path, *args: str) -> None:
 
 
 def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
-    """The workflow's step, scripts/compare-commits.sh, on a clean and a broken commit."""
+    """The workflow's step, quantreg compare-commits, on a clean and a broken commit."""
     git(project.path, "init", "-q")
     git(project.path, "add", "-A")
     git(project.path, "commit", "-qm", "clean")
     (project.path / "conftest.py").write_text(MINE.format(broken=True))
     git(project.path, "commit", "-qam", "new recipe")
-    env = {**os.environ, "QUANTREG_PYTHON": sys.executable}
-    script = str(REPO / "scripts" / "compare-commits.sh")
 
-    def recipe(*commits: str) -> subprocess.CompletedProcess[str]:
-        command = ["bash", script, *commits, "--precision=fp32,mine", "-p", "no:cacheprovider"]
-        return subprocess.run(command, cwd=project.path, env=env, capture_output=True, text=True)
+    def recipe(*args: str, gates: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "pytest_quantreg", "compare-commits", *args, "--", "--precision=fp32,mine", *gates]
+        return subprocess.run([*command, "-p", "no:cacheprovider"], cwd=project.path, capture_output=True, text=True)
 
     broken = recipe("HEAD~1", "HEAD")
     assert broken.returncode == 1, broken.stdout + broken.stderr
@@ -260,17 +258,25 @@ def test_the_ci_recipe_on_two_commits(project: pytest.Pytester) -> None:
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "no regression" in clean.stdout
     assert "(+1 more rounds)" in clean.stdout
-    order = [line.split(" (")[0] for line in clean.stderr.splitlines() if line.startswith("pytest on ")]
-    assert order == ["pytest on base", "pytest on head"] * 2  # alternated, so drift between runs falls on both sides
+    order = [line.split(" (")[0] for line in clean.stderr.splitlines() if line.startswith("quantreg: pytest on ")]
+    assert order == ["quantreg: pytest on base", "quantreg: pytest on head"] * 2  # alternated: drift between runs falls on both sides
     assert sorted(p.name for p in (project.path / "quantreg-compare").glob("*-?.json")) == [
         "base-1.json",
         "base-2.json",
         "head-1.json",
         "head-2.json",
     ]
-    assert recipe("--rounds", "0", "HEAD~1", "HEAD").returncode == 2
+    # head fails its own gate and is no worse than base: compare finds nothing, the job still fails
+    gated = recipe("HEAD", "HEAD", gates=("--quantreg-max-drop=mine=1",))
+    assert gated.returncode == 1, gated.stdout + gated.stderr
+    assert "no regression" in gated.stdout
+    assert "quantreg: FAILED: pytest on head (HEAD) exited with 1: its own gates failed, whatever the comparison says" in gated.stdout
+    bad = recipe("--rounds", "0", "HEAD~1", "HEAD")
+    assert bad.returncode == 2
+    assert "quantreg: error: --rounds must be 1 or more, got 0" in bad.stderr
+    assert recipe("HEAD~1", "no-such-commit").returncode == 2
     workflow = (REPO / ".github" / "workflows" / "quantreg-compare.yml").read_text()
-    assert "bash scripts/compare-commits.sh" in workflow
+    assert "quantreg compare-commits" in workflow
     assert "quantreg-compare/compare.md" in workflow
 
 

@@ -340,6 +340,6 @@ def test_on_the_example_the_set_found_makes_int8_dynamic_pass_in_a_fresh_run(tmp
     assert 0 < len(found["units"]) <= 3
     assert found["set_share"] < 0.2
     option = found["settings"]["pytest-quantreg"]
-    fresh = run_example(*base, option)
+    fresh = run_example(*base, option, "-k", "accuracy")  # the gate the set is for
     assert fresh.returncode == 0, fresh.stdout[-4000:]
-    assert "4 passed" in fresh.stdout
+    assert "2 passed" in fresh.stdout

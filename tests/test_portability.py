@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
-from outcomes import assert_verdicts, until_judged
+from outcomes import assert_verdicts, busy_skips, until_judged
 from projects import record_baseline
 
 from pytest_quantreg.backends.base import BuildContext
@@ -102,23 +102,28 @@ def test_example_from_another_recipe_is_still_refused(bitsandbytes_imported: Non
     result.stdout.fnmatch_lines(["*was recorded for another model (different weights): weights_sha256 is 000000000000 there*"])
 
 
-@pytest.mark.parametrize(("capability", "tests"), [("default", ("accuracy",)), ("avx2", ("accuracy", "latency"))])
-def test_example_suite_passes_under_another_cpu_generation(
-    capability: str, tests: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What CI checks for every runner it may get: the README's suite, every precision, same verdict.
+LATENCY_PROTOCOL_ON = ("fp32", "int8-dynamic", "onnx-int8-dynamic", "openvino-int8-static")  # torch, ONNX Runtime, OpenVINO kernels
 
-    AVX2 is the common runner: both tests. Under ``default`` (no SIMD beyond SSE) the accuracy tests
-    only, as timing every precision with the slowest kernels would double CI's time; its latency
-    ceilings are measured by benchmarks/capabilities.py (benchmarks/RESULTS.md, sections 8 and 14)."""
-    command = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "--precision=all", "-p", "no:cacheprovider"]
-    command += ["-k", " or ".join(tests)]
+
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_example_suite_passes_under_another_cpu_generation(capability: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What CI checks for every runner it may get: the README's suite under an older CPU generation's kernels.
+
+    Every precision's accuracy verdict (against FP32, and against its own record where the baseline has one
+    for this hardware class), and under AVX2, the common runner, the latency protocol on one precision of
+    each runtime. Timing every precision under both would double CI's time; the latency ceilings of every
+    precision under both are measured by benchmarks/capabilities.py (benchmarks/RESULTS.md, sections 8 and 14)."""
+    timed = [] if capability == "default" else [f"test_latency[{name}]" for name in LATENCY_PROTOCOL_ON]
+    command = [sys.executable, "-m", "pytest", "tests/test_quantization.py", "--precision=all", "-p", "no:cacheprovider", "-rs"]
+    command += ["-k", " or ".join(["accuracy", *timed])]
     result = subprocess.run(command, cwd=REPO, env=capability_env(capability), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     registry = builtin_registry()
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)  # what can run depends on it (bf16 on a CPU with AMX)
     runs = [name for name in registry.select("all", "cpu") if registry[name].unavailable_reason("cpu") is None]
-    assert f"{len(tests) * len(runs)} passed" in result.stdout  # every installed precision that runs on a CPU
+    latency = [name for name in runs if f"test_latency[{name}]" in timed]
+    busy = busy_skips(result.stdout)  # a latency test the machine kept busy is not judged: not what this test is about
+    assert f"{len(runs) + len(latency) - busy} passed" in result.stdout  # every installed precision that runs on a CPU
     assert f"torch CPU capability {capability.upper()}" in result.stdout
 
 

@@ -8,7 +8,7 @@ from the same machine. Exit status: 0 nothing regressed, 1 a regression, 2 bad i
 
 Latency is judged with intervals, not point estimates: each paired sample's ratio in HEAD over the
 same sample's in BASE, and the 95% interval of their median must lie wholly above 1 + the limit.
-BASE and HEAD may each be several runs (rounds, alternated by ``scripts/compare-commits.sh
+BASE and HEAD may each be several runs (rounds, alternated by ``quantreg compare-commits
 --rounds``): a sample's ratio is then its median over the rounds, and when the rounds of one side
 differ from each other by more than the limit, or a run was timed on a busy machine, latency is
 shown and not judged.
