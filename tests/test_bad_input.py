@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from outcomes import assert_verdicts
-from projects import record_baseline
+from projects import record_baseline, record_baseline_with
 
 
 def _usage_error(result: pytest.RunResult, message: str) -> None:
@@ -249,7 +249,7 @@ def test_baseline_names_cannot_leave_the_baseline_folder(quantreg_pytester: pyte
     sneaky = quantreg_pytester.path / ".." / ".."
     model = quantreg_pytester.path / "m" / ".."
     shutil.copytree(tiny_model_dir, quantreg_pytester.path / "m")
-    record_baseline(quantreg_pytester, f"--quantreg-model={model}/m")
+    record_baseline_with(quantreg_pytester, f"--quantreg-model={model}/m")
     (path,) = (quantreg_pytester.path / "baselines").glob("*.json")
     assert path.parent == quantreg_pytester.path / "baselines"
     assert not list(sneaky.resolve().glob("*.json"))

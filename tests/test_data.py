@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from projects import record_baseline
+from projects import record_baseline_with
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.measure.data import (
@@ -177,5 +177,5 @@ def test_a_semicolon_export_runs_the_suite(quantreg_pytester: pytest.Pytester, t
     export = quantreg_pytester.path / "export.csv"
     with export.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle, delimiter=";").writerows(rows)
-    result = record_baseline(quantreg_pytester, f"--quantreg-dataset={export}")
+    result = record_baseline_with(quantreg_pytester, f"--quantreg-dataset={export}")
     result.stdout.fnmatch_lines([f"quantreg data: export.csv (sha256 *), sample {len(rows) - 1} *"])

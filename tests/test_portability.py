@@ -18,7 +18,7 @@ import pytest
 import torch
 from custom_precisions import CUSTOM_PRECISIONS
 from outcomes import assert_verdicts, busy_skips, until_judged
-from projects import record_baseline
+from projects import record_baseline, record_baseline_with
 
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.casts import bf16_blocked
@@ -361,7 +361,7 @@ def test_latency_is_judged_against_the_ratio_recorded_for_this_hardware(
     )
     monkeypatch.delenv("TINY_SLOW")
 
-    record_baseline(quantreg_pytester)
+    record_baseline_with(quantreg_pytester)
     assert json.loads(baseline.read_text())["latency_records"] == after["latency_records"]  # refreshing FP32 keeps them
 
     # another CPU generation: another hardware class, no record yet (whatever capability this suite runs under)

@@ -47,6 +47,9 @@ def test_a_recorded_precision_passes_unchanged_and_fails_when_two_predictions_mo
     again = project.runpytest(*ACCURACY)
     assert_verdicts(again, passed=2)
     assert "judged against FP32 only" not in again.stdout.str()
+    again.stdout.fnmatch_lines(  # 1% of 60 samples is less than one: the next moved prediction fails it
+        ["quantreg: predictions of the 60 that may still change before a gate fails (against FP32 / against its*", "  int8-dynamic * / 0"]
+    )
 
     monkeypatch.setenv("TINY_FLIP", "1")  # a "new release" that changes int8's predictions on the two texts with "w4"
     moved = project.runpytest(*ACCURACY)

@@ -31,6 +31,8 @@ def compiled(precision: Precision) -> Precision:
         model = precision.build(ctx)
         if not isinstance(model, torch.nn.Module):
             raise QuantregError(f"{precision.name} does not build a torch module, so it cannot run under torch.compile")
+        if torch.backends.cpu.get_cpu_capability() == "DEFAULT":
+            _scalar_code()
         model.compile(dynamic=True)
         setattr(model, COMPILED, True)
         return model
@@ -43,6 +45,16 @@ def compiled(precision: Precision) -> Precision:
         unsupported=_needs_compiler(precision.unsupported),
         compilable=False,
     )
+
+
+def _scalar_code() -> None:
+    """Let inductor emit scalar C++ where torch's kernels run without SIMD (``ATEN_CPU_CAPABILITY=default``):
+    it picks its vector code by the CPU's own features, and torch 2.13's headers then lack ``at::vec``
+    (seen: ``'at::vec' has not been declared`` compiling the example's torchao int8 model on an AVX-512 CPU).
+    A CPU without SIMD gets scalar code too, so the emulated run gives that CPU's verdict."""
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.simdlen = 1
 
 
 def _needs_compiler(inner: Callable[[str], str | None] | None) -> Callable[[str], str | None]:

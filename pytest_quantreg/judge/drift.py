@@ -119,7 +119,7 @@ def judge_drift(
     if kl.value is not None and found.kl_mean > kl.value + _SLACK:
         failures.append(("max_drift_kl", f"mean KL vs the record {found.kl_mean:.6f} > max {kl.value:.6f} ({kl.source})"))
     if not failures:
-        return passed(name, "drift")
+        return passed(name, "drift", headroom(found, flips.value))
 
     def named(label: int) -> str:
         return class_names[label] if 0 <= label < len(class_names) else str(label)

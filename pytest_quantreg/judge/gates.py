@@ -14,6 +14,7 @@ the baseline file, and the flag that accepts the change.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def judge_accuracy(name: str, stats: Agreement, baseline: Baseline, limits: Mapp
     ``context`` (lines) goes into the failure message, e.g. what a fallback search found."""
     failures, noise = gate_failures(stats, limits)
     if not failures:
-        return passed(name, "accuracy")
+        return passed(name, "accuracy", headroom(stats, limits))
     what = "FP32 drifted from its stored baseline" if name == FP32 else f"{name} regressed against FP32"
     fix = ", ".join(f"--quantreg-{key.replace('_', '-')}={name}=N" for key, _ in failures)
     headline = "" if stats.metric.kind == ACCURACY else f"{stats.metric.name} {stats.metric_value:.2%} vs FP32 {stats.fp32_metric:.2%}, "
@@ -74,6 +75,18 @@ def judge_accuracy(name: str, stats: Agreement, baseline: Baseline, limits: Mapp
         + (f", or re-record FP32 with {UPDATE_FLAG}" if name == FP32 else "")
     )
     return failed(name, "accuracy", message, tuple(key for key, _ in failures))
+
+
+def headroom(stats: Agreement, limits: Mapping[str, Limit]) -> int | None:
+    """How many more of the sample's predictions may move away from FP32's (or from right to wrong) before
+    the flip-rate or the accuracy-drop gate fails; None when neither gates it."""
+    room = []
+    flips, drop = limits["max_flip_rate"].value, limits["max_drop"].value
+    if flips is not None:
+        room.append(math.floor(flips / 100 * stats.n + _SLACK) - stats.flips)
+    if drop is not None and stats.metric.kind == ACCURACY:
+        room.append(math.floor(drop / 100 * stats.n + _SLACK) - (stats.fp32_only - stats.quantized_only))
+    return max(min(room), 0) if room else None
 
 
 def gate_failures(stats: Agreement, limits: Mapping[str, Limit]) -> tuple[list[tuple[str, str]], str]:

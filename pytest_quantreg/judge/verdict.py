@@ -17,7 +17,8 @@ Outcome = Literal["passed", "failed", "not judged"]
 class Verdict:
     """One gate's verdict on one precision: ``gate`` is ``accuracy`` or ``latency``; ``message`` holds the
     failure's lines or why the gate did not judge; ``reasons`` the keys of the limits exceeded; ``busy``
-    whether the machine's load is why it did not judge."""
+    whether the machine's load is why it did not judge; ``headroom`` how many more of the sample's
+    predictions may change before a prediction gate fails (None: not a prediction gate, or not gated)."""
 
     precision: str
     gate: str
@@ -25,6 +26,7 @@ class Verdict:
     message: str = ""
     reasons: tuple[str, ...] = ()
     busy: bool = False
+    headroom: int | None = None
 
     @property
     def passed(self) -> bool:
@@ -35,12 +37,12 @@ class Verdict:
         return self.outcome == "failed"
 
 
-def passed(precision: str, gate: str) -> Verdict:
-    return Verdict(precision, gate, "passed")
+def passed(precision: str, gate: str, headroom: int | None = None) -> Verdict:
+    return Verdict(precision, gate, "passed", headroom=headroom)
 
 
 def failed(precision: str, gate: str, message: str, reasons: tuple[str, ...]) -> Verdict:
-    return Verdict(precision, gate, "failed", message, reasons)
+    return Verdict(precision, gate, "failed", message, reasons, headroom=0)
 
 
 def not_judged(precision: str, gate: str, why: str, busy: bool = False) -> Verdict:

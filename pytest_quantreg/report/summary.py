@@ -85,6 +85,8 @@ def summary_lines(run: QuantregRun, reporter: Any) -> None:
     notes = [_or_none(lambda: build_difference(run)), unrecorded_note(run), *unjudged_drift_notes(run), *ledger.notes.values()]
     for note in filter(None, notes):
         reporter.write_line(f"quantreg: {note}")
+    for line in headroom_lines(run):
+        reporter.write_line(line)
     for name, reason in ledger.skipped.items():
         reporter.write_line(f"quantreg: {name} skipped: {reason}")
     quantized = [n for n in run.selected if n != FP32 and n in ledger.asked]  # those some test asked for
@@ -118,6 +120,31 @@ def unrecorded_note(run: QuantregRun) -> str | None:
         f"({run.subject.hardware.hardware_class}) in {run.store.path} (or recorded with an older timing protocol, "
         f"{TIMING_PROTOCOL} here): only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
     )
+
+
+HEADROOM_WIDTH = 120
+
+
+def headroom_lines(run: QuantregRun) -> list[str]:
+    """What the gates can and cannot catch: per precision judged, how many more of the sample's predictions
+    may change before its gate against FP32, and the one against its own record, fails."""
+    cells = []
+    for label, verdicts in run.ledger.verdicts.items():
+        rooms = [verdicts[gate].headroom if gate in verdicts else None for gate in ("accuracy", "drift")]
+        if label != FP32 and rooms[0] is not None:
+            cells.append(f"{label} {rooms[0]}" + (f" / {rooms[1]}" if rooms[1] is not None else ""))
+    if not cells:
+        return []
+    lines = [
+        f"quantreg: predictions of the {len(run.subject.sample)} that may still change before a gate fails "
+        "(against FP32 / against its own record for this hardware class):"
+    ]
+    for cell in cells:
+        if len(lines) > 1 and len(lines[-1]) + len(cell) + 2 <= HEADROOM_WIDTH:
+            lines[-1] += f", {cell}"
+        else:
+            lines.append(f"  {cell}")
+    return lines
 
 
 def unjudged_drift_notes(run: QuantregRun) -> list[str]:
