@@ -70,7 +70,10 @@ def test_clean_runs_pass_and_a_broken_precision_fails(project: pytest.Pytester) 
 
     broken = compare("clean1.json", "broken.json", cwd=project.path)
     assert broken.returncode == 1
-    assert "REGRESSION mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp)" in broken.stdout
+    assert (
+        "REGRESSION mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp; 60 of 60 predictions changed "
+        "(60 right -> wrong, 0 wrong -> right; exact McNemar p 1.73e-18))"
+    ) in broken.stdout
     assert "REGRESSION fp32" not in broken.stdout
     assert "REGRESSION int8" not in broken.stdout
 
@@ -79,7 +82,7 @@ def test_clean_runs_pass_and_a_broken_precision_fails(project: pytest.Pytester) 
     assert markdown.stdout.startswith("## pytest-quantreg comparison\n\n**2 regression(s)**")
     assert "| precision | device | accuracy % |" in markdown.stdout
     assert "| mine | cpu | 100.00 → 0.00 | 100.00 → 0.00 | 0.00 → 100.00 | 0.00 → 100.00 |" in markdown.stdout
-    assert "- :x: mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp)\n" in markdown.stdout
+    assert "- :x: mine (cpu): accuracy 100.00% -> 0.00% (-100.00 pp > 0.5 pp; 60 of 60 predictions changed" in markdown.stdout
     assert "- :x: mine (cpu): flip rate 0.00% -> 100.00% (+100.00 pp > 2 pp)\n" in markdown.stdout
 
     as_json = json.loads(compare("clean1.json", "broken.json", "--json", cwd=project.path).stdout)
@@ -89,6 +92,26 @@ def test_clean_runs_pass_and_a_broken_precision_fails(project: pytest.Pytester) 
 
     loose = compare("clean1.json", "broken.json", "--fail-on", "accuracy-drop=100", cwd=project.path)
     assert loose.returncode == 0  # thresholds are options: 100 points allowed, nothing fails
+
+
+def test_predictions_are_paired_by_sample_not_compared_as_two_accuracies(project: pytest.Pytester) -> None:
+    """Two of int8-dynamic's predictions swap in HEAD, one right -> wrong, one wrong -> right: the same
+    accuracy, which two point estimates cannot tell from no change."""
+    run_suite(project, "base.json")
+    data = json.loads((project.path / "base.json").read_text())
+    info = next(b["extra_info"] for b in data["benchmarks"] if b["extra_info"]["precision"] == "int8-dynamic")
+    outcomes = {i: tuple(map(int, v.split(","))) for i, v in info["sample_outcomes"].items()}
+    wrong = next(i for i, (p, y) in outcomes.items() if p != y)
+    right = next(i for i, (p, y) in outcomes.items() if p == y)
+    info["sample_outcomes"][wrong] = f"{outcomes[wrong][1]},{outcomes[wrong][1]}"
+    info["sample_outcomes"][right] = f"{1 - outcomes[right][1]},{outcomes[right][1]}"
+    (project.path / "head.json").write_text(json.dumps(data))
+    quiet = compare("base.json", "head.json", cwd=project.path)
+    assert quiet.returncode == 0, quiet.stdout
+    assert "note: int8-dynamic: 2 of 60 predictions changed (1 right -> wrong, 1 wrong -> right; exact McNemar p 1)" in quiet.stdout
+    gated = compare("base.json", "head.json", "--fail-on", "changed=1", cwd=project.path)
+    assert gated.returncode == 1, gated.stdout
+    assert "REGRESSION int8-dynamic (cpu): 3.33% of the predictions changed (> 1%): 2 of 60 predictions changed" in gated.stdout
 
 
 def test_latency_and_size_thresholds_and_fractions(project: pytest.Pytester) -> None:

@@ -51,6 +51,8 @@ def extra_info(
         "avg_confidence": result.avg_confidence,
         "size_mb": result.size_mb,
         **class_metrics(result.labels, result.predictions, subject.labels).to_json(),
+        # per sample, "prediction,label" by sample id: quantreg compare pairs two runs' predictions on them
+        "sample_outcomes": {i: f"{p},{y}" for i, p, y in zip(result.ids, result.predictions, result.labels, strict=True)},
     }
     if against is not None:
         info.update(statistics_info(*against, metric_spec=subject.metric.spec))
@@ -154,6 +156,7 @@ class Entry:
     hardware_class: str | None = None
     fallback_units: tuple[str, ...] | None = None  # the fallback search's set, when one ran
     rounds: tuple[LatencyRound, ...] = ()  # each run's paired latency (several when the side has rounds)
+    outcomes: dict[str, tuple[int, int]] | None = None  # (prediction, label) by sample id, when the run wrote them
 
     @property
     def key(self) -> Key:
@@ -256,7 +259,19 @@ def _entry(bench: Any) -> Entry | None:
         hardware_class=str(info["hardware_class"]) if info.get("hardware_class") else None,
         fallback_units=tuple(map(str, info["fallback_units"])) if isinstance(info.get("fallback_units"), list) else None,
         rounds=(latency,),
+        outcomes=_outcomes(info.get("sample_outcomes")),
     )
+
+
+def _outcomes(value: Any) -> dict[str, tuple[int, int]] | None:
+    """``{"id": "prediction,label"}`` as ``{"id": (prediction, label)}``; None when absent or malformed."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        pairs = {str(k): tuple(int(x) for x in str(v).split(",")) for k, v in value.items()}
+    except ValueError:
+        return None
+    return {k: (v[0], v[1]) for k, v in pairs.items() if len(v) == 2} or None
 
 
 def median_ratio(rounds: tuple[LatencyRound, ...]) -> float | None:

@@ -29,6 +29,7 @@ METRICS = {
     "accuracy-drop": "accuracy lost from BASE to HEAD, in points",
     "macro-f1-drop": "macro-F1 lost from BASE to HEAD, in points",
     "flip-rate": "rise of the flip rate vs FP32, in points",
+    "changed": "predictions that differ between BASE and HEAD on the same samples, in points (percent of the samples)",
     "size": "growth of the model size, as a fraction or percent (0.01 or 1%)",
     "latency": "growth of the latency ratio to FP32 (FP32 itself: of its median, same machine only), as a fraction or percent",
 }
@@ -117,13 +118,59 @@ def _fallback_change(base: tuple[str, ...] | None, head: tuple[str, ...] | None)
     return set_change(base, head)
 
 
+@dataclass(frozen=True)
+class Paired:
+    """BASE's and HEAD's predictions of one precision on the samples both runs judged."""
+
+    n: int
+    changed: int  # predictions that differ
+    base_only: int  # right in BASE only
+    head_only: int  # right in HEAD only
+    mcnemar_p: float
+
+    @property
+    def accuracy_lost_pp(self) -> float:
+        return (self.base_only - self.head_only) / self.n * 100
+
+    def describe(self) -> str:
+        return (
+            f"{self.changed} of {self.n} predictions changed ({self.base_only} right -> wrong, {self.head_only} wrong -> right; "
+            f"exact McNemar p {self.mcnemar_p:.3g})"
+        )
+
+
+def paired(base: Entry, head: Entry) -> Paired | None:
+    """The two runs' predictions paired by sample id; None when a run did not write them or they share no sample."""
+    if base.outcomes is None or head.outcomes is None:
+        return None
+    common = [i for i in base.outcomes if i in head.outcomes]
+    if not common:
+        return None
+    from pytest_quantreg.judge.stats import mcnemar_exact
+
+    base_only = sum(base.outcomes[i][0] == base.outcomes[i][1] != head.outcomes[i][0] for i in common)
+    head_only = sum(head.outcomes[i][0] == head.outcomes[i][1] != base.outcomes[i][0] for i in common)
+    changed = sum(base.outcomes[i][0] != head.outcomes[i][0] for i in common)
+    return Paired(len(common), changed, base_only, head_only, mcnemar_exact(base_only, head_only))
+
+
 def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine: bool, same_hardware: bool, notes: list[str]) -> list[str]:
     found = []
+    pairs = paired(base, head)
+    if pairs is not None and pairs.changed:
+        notes.append(f"{base.precision}: {pairs.describe()}")
     limit = thresholds.get("accuracy-drop")
-    if limit is not None and base.accuracy is not None and head.accuracy is not None:
+    if limit is not None and pairs is not None:  # on the same samples: the discordant pairs decide
+        before, after = (base.accuracy or 0.0), (head.accuracy or 0.0)
+        if pairs.accuracy_lost_pp > limit + 1e-9:
+            found.append(f"accuracy {before:.2%} -> {after:.2%} (-{pairs.accuracy_lost_pp:.2f} pp > {limit:g} pp; {pairs.describe()})")
+    elif limit is not None and base.accuracy is not None and head.accuracy is not None:
         lost = (base.accuracy - head.accuracy) * 100
         if lost > limit + 1e-9:
             found.append(f"accuracy {base.accuracy:.2%} -> {head.accuracy:.2%} (-{lost:.2f} pp > {limit:g} pp)")
+    limit = thresholds.get("changed")
+    if limit is not None and pairs is not None and pairs.changed / pairs.n * 100 > limit + 1e-9:
+        found.append(f"{pairs.changed / pairs.n:.2%} of the predictions changed (> {limit:g}%): {pairs.describe()}")
     limit = thresholds.get("macro-f1-drop")
     if limit is not None and base.macro_f1 is not None and head.macro_f1 is not None:
         lost = (base.macro_f1 - head.macro_f1) * 100
