@@ -85,7 +85,7 @@ def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, ti
         textwrap.dedent(
             f"""
             [pytest]
-            addopts = -rs
+            addopts = -rfEs
             quantreg_model = {tiny_model_dir}
             quantreg_dataset = {tiny_dataset}
             quantreg_device = cpu

@@ -114,7 +114,7 @@ def lenient_project(pytester: pytest.Pytester, model: Path, data: Path) -> None:
     """A pytester project on ``model`` and ``data`` whose gates only a broken build fails (a random-init
     model's quantized builds drift far), with its FP32 baseline recorded."""
     pytester.makeini(
-        f"[pytest]\naddopts = -rs\nquantreg_model = {model}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        f"[pytest]\naddopts = -rfEs\nquantreg_model = {model}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
         "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\nquantreg_max_drop = 100\nquantreg_max_flip_rate = 100\n"
         "quantreg_max_kl = 100\n"
     )

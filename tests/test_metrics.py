@@ -148,7 +148,7 @@ def three_labels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, 
 def project(bitsandbytes_imported: None, pytester: pytest.Pytester, three_labels: tuple[Path, Path, dict]) -> pytest.Pytester:
     folder, data, _ = three_labels
     pytester.makeini(
-        f"[pytest]\naddopts = -rs\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
+        f"[pytest]\naddopts = -rfEs\nquantreg_model = {folder}\nquantreg_dataset = {data}\nquantreg_device = cpu\nquantreg_warmup = 1\n"
         "quantreg_max_length = 64\nquantreg_max_latency_ratio = 1000\n"
     )
     pytester.makepyfile(test_regression=EXAMPLE_TESTS)

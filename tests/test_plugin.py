@@ -536,7 +536,7 @@ def test_throughput_mode_judges_accuracy_in_batches(quantreg_pytester: pytest.Py
     result.stdout.fnmatch_lines(
         [
             "quantreg: device cpu, precisions fp32, fp16, int8-dynamic, untimed passes in length-bucketed batches of 16",
-            "quantreg: note: int8-dynamic scales activations per batch, so in batches its predictions depend on their batch-mates*",
+            "quantreg: note: int8-dynamic scale activations per batch, so in batches their predictions depend on their batch-mates*",
         ]
     )
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pytest_quantreg.backends.base import BuildContext
-from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.backends.registry import builtin_registry, dequantizers
 from pytest_quantreg.measure.loading import known_noise_filtered
 from pytest_quantreg.measure.weights import dequantized_weight, error_metrics, linear_weights, weight_report
 
@@ -46,7 +46,7 @@ def test_torch_dynamic_int8_matches_per_tensor_symmetric_by_hand() -> None:
     layer = small_linear()
     with known_noise_filtered():
         quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8)[0]
-    weight, storage = dequantized_weight(quantized)
+    weight, storage = dequantized_weight(quantized, dequantizers())
     w = layer.weight.detach().numpy().astype(np.float64)
     scale = np.float32(np.abs(w).max() / 127.5)  # MinMaxObserver, qint8, per-tensor symmetric
     by_hand = np.clip(np.round(w / scale), -128, 127) * scale
@@ -59,7 +59,7 @@ def test_float_casts_match_numpy() -> None:
     layer = small_linear()
     half = torch.nn.Linear(64, 16).half()
     half.weight.data = layer.weight.detach().half()
-    weight, storage = dequantized_weight(half)
+    weight, storage = dequantized_weight(half, dequantizers())
     w = layer.weight.detach().numpy()
     assert storage == "float16"
     np.testing.assert_array_equal(weight.numpy(), w.astype(np.float16).astype(np.float32))
@@ -78,7 +78,7 @@ def test_bitsandbytes_int8_matches_row_wise_absmax_by_hand(tiny_model_dir: Path)
     fp32 = dict(builtin_registry()["fp32"].build(build).named_modules())
     layers, values, apart = 0, 0, 0
     for name, module in builtin_registry()["int8-bnb"].build(build).named_modules():
-        found = dequantized_weight(module)
+        found = dequantized_weight(module, dequantizers())
         if found is None or found[1] != "bitsandbytes int8 row-wise":
             continue
         w16 = fp32[name].weight.detach().half().double().numpy()
@@ -111,7 +111,7 @@ def nf4_layer() -> tuple[torch.nn.Module, torch.Tensor]:
 def test_nf4_is_exact_on_its_own_code_values() -> None:
     """A weight whose blocks are absmax x NF4 code values dequantizes without error."""
     layer, rows = nf4_layer()
-    dequantized, storage = dequantized_weight(layer)
+    dequantized, storage = dequantized_weight(layer, dequantizers())
     torch.testing.assert_close(dequantized, rows, rtol=0, atol=1e-6)
     assert storage == "bitsandbytes nf4 block 64"
 
@@ -128,7 +128,7 @@ def test_cpu_packed_nf4_layout_is_read() -> None:
     scales = layer.weight.quant_state.absmax.clone()
     layer.weight.data, layer.weight.quant_state = pack(layer.weight.data, layer.weight.quant_state)
     assert layer.weight.quant_state.packing_format_for_cpu
-    dequantized, storage = dequantized_weight(layer)
+    dequantized, storage = dequantized_weight(layer, dequantizers())
     assert storage == "bitsandbytes nf4 block 64 (CPU-packed, bf16 scales)"
     expected = rows / scales.repeat_interleave(64).reshape(32, 128) * scales.bfloat16().float().repeat_interleave(64).reshape(32, 128)
     torch.testing.assert_close(dequantized, expected, rtol=0, atol=1e-6)  # the code values, times the scales rounded to bfloat16
@@ -152,7 +152,7 @@ def test_bitsandbytes_int8_is_read_after_a_forward_pass(tiny_model_dir: Path) ->
 
 
 def _layers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor, str]]:
-    found = [(name, dequantized_weight(module)) for name, module in model.named_modules()]
+    found = [(name, dequantized_weight(module, dequantizers())) for name, module in model.named_modules()]
     return [(name, item[0], item[1]) for name, item in found if item is not None]
 
 
@@ -163,7 +163,7 @@ def test_error_grows_fp16_then_int8_then_int4_on_a_model(tiny_model_dir: Path) -
     reference = linear_weights(registry["fp32"].build(build))
     snr = {}
     for name in ("fp16", "int8-dynamic", "int4-nf4"):
-        report = weight_report(name, reference, registry[name].build(build))
+        report = weight_report(name, reference, registry[name].build(build), dequantizers=dequantizers())
         assert len(report.layers) == len(reference) == 2 * 6 + 2  # 6 Linear per block, pooler, classifier
         assert all(layer.cosine > 0.9 for layer in report.layers)
         snr[name] = min(layer.snr_db for layer in report.layers)
@@ -171,6 +171,6 @@ def test_error_grows_fp16_then_int8_then_int4_on_a_model(tiny_model_dir: Path) -
         assert kinds["bert.encoder.layer.*.attention.self.query"].layers == 2
         assert report.worst(1)[0].snr_db == snr[name]
     assert snr["fp16"] > snr["int8-dynamic"] > snr["int4-nf4"]
-    fp32 = weight_report("fp32", reference, registry["fp32"].build(build))
+    fp32 = weight_report("fp32", reference, registry["fp32"].build(build), dequantizers=dequantizers())
     assert all(layer.snr_db == math.inf for layer in fp32.layers)
     assert fp32.to_json()["layers"][0]["snr_db"] is None  # JSON has no infinity

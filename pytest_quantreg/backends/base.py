@@ -77,13 +77,19 @@ class Logits:
     logits: torch.Tensor
 
 
+Dequantizer = Callable[["torch.nn.Module"], "tuple[torch.Tensor, str] | None"]  # a layer's FP32 weight and its storage, or None
+
+
 @dataclass(frozen=True)
 class Backend:
-    """A quantization library, named as the fallback report names it, and the setting of its own API
-    that keeps the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code)."""
+    """A quantization library, named as the fallback report names it; the setting of its own API that
+    keeps the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code); and how
+    the weight report reads a layer it quantized back to FP32 (None: its layers are not torch modules,
+    or it has none of its own)."""
 
     name: str
     keep_setting: Callable[[Sequence[str]], str]
+    dequantize: Dequantizer | None = None
 
 
 Builder = Callable[[BuildContext], Any]  # a torch module, or an object with __call__(**encoding) -> .logits, device, size_mb()
@@ -112,6 +118,7 @@ class Precision:
     quantizes_linear: bool = True  # it quantizes Linear layers, so --quantreg-keep-fp32 applies (the float casts do not)
     min_linear_inputs: int = 0  # Linear layers with fewer inputs stay in FP32 on every CPU: the backend cannot quantize them
     calibrated: bool = False  # static quantization: its build gets the run's calibration texts (never texts of the sample)
+    batch_dependent: bool = False  # it scales activations per batch: in batches a prediction depends on its batch-mates
 
     def missing(self) -> str | None:
         """The first package it needs that is not installed, or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
@@ -10,7 +11,50 @@ if TYPE_CHECKING:
     import torch
 
 REQUIRES = ("bitsandbytes", "accelerate")
-BACKEND = Backend("bitsandbytes", lambda layers: f"BitsAndBytesConfig(..., llm_int8_skip_modules={sorted(layers)!r})")
+
+
+def dequantize(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
+    """An LLM.int8 or 4-bit layer's weight in FP32 (the CPU-packed 4-bit layout included), and its storage."""
+    if "bitsandbytes" not in sys.modules:  # a model with bitsandbytes layers has imported it
+        return None
+    import bitsandbytes as bnb
+
+    weight: Any = getattr(module, "weight", None)
+    if isinstance(module, bnb.nn.Linear8bitLt):
+        state = getattr(module, "state", None)  # the first forward pass moves the row scales there
+        scales = getattr(weight, "SCB", None)
+        scales = scales if scales is not None else getattr(state, "SCB", None)
+        if scales is not None:
+            codes = weight.CB if getattr(weight, "CB", None) is not None else weight.data
+            return bnb.functional.int8_vectorwise_dequant(codes, scales).float().cpu(), "bitsandbytes int8 row-wise"
+    if isinstance(module, bnb.nn.Linear4bit) and getattr(weight, "quant_state", None) is not None:
+        state = weight.quant_state
+        storage = f"bitsandbytes {state.quant_type} block {state.blocksize}"
+        if getattr(state, "packing_format_for_cpu", False):
+            return _unpack_cpu_4bit(weight.data, state).cpu(), storage + " (CPU-packed, bf16 scales)"
+        return bnb.functional.dequantize_4bit(weight.data, state).float().cpu(), storage
+    return None
+
+
+def _unpack_cpu_4bit(packed: torch.Tensor, state: Any, block_n: int = 32) -> torch.Tensor:
+    """Dequantize the layout bitsandbytes repacks 4-bit weights into on AVX-512 BF16 CPUs.
+
+    ``packed`` is ``[N, K/2]`` bytes: per group of ``block_n`` rows, column pairs interleaved, low
+    nibbles for the group's first 32 values of a byte pair run and high nibbles for the next 32;
+    ``state.absmax`` is ``[K / blocksize, N]`` in bfloat16 (transposed, one scale per row block).
+    """
+    import torch
+
+    rows, half = packed.shape
+    nibbles = packed.reshape(-1, 32)
+    codes = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1)  # each run of 64: 32 low nibbles, then 32 high
+    codes = codes.reshape(rows // block_n, half, block_n, 2).transpose(1, 2).reshape(rows, half * 2)
+    values = state.code.float().cpu()[codes.long()]
+    scales = state.absmax.float().T.repeat_interleave(state.blocksize, dim=1)  # [N, K]
+    return values * scales
+
+
+BACKEND = Backend("bitsandbytes", lambda layers: f"BitsAndBytesConfig(..., llm_int8_skip_modules={sorted(layers)!r})", dequantize)
 
 
 def _bnb(**config: Any) -> Builder:

@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from pytest_quantreg.backends import bnb, casts, openvino, ort, torch_dynamic, torchao
-from pytest_quantreg.backends.base import COMPILE_SUFFIX, Builder, Precision
+from pytest_quantreg.backends.base import COMPILE_SUFFIX, Builder, Dequantizer, Precision
 from pytest_quantreg.backends.compiled import compiled
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.measure import keep
@@ -122,6 +122,12 @@ def builtin_registry() -> Registry:
     the ratio recorded for the same hardware class.
     """
     return Registry([precision for module in BUILTIN for precision in module.precisions()])
+
+
+def dequantizers() -> tuple[Dequantizer, ...]:
+    """How the weight report reads each built-in backend's quantized layers back to FP32."""
+    backends = (getattr(module, "BACKEND", None) for module in BUILTIN)
+    return tuple(backend.dequantize for backend in backends if backend is not None and backend.dequantize is not None)
 
 
 def keep_settings(tokens: Sequence[str], layers: Sequence[str]) -> dict[str, str]:

@@ -10,12 +10,25 @@ from pytest_quantreg.backends.base import Backend, BuildContext, Precision
 if TYPE_CHECKING:
     import torch
 
+
+def dequantize(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
+    """A dynamically quantized Linear layer's packed weight in FP32, and its scheme."""
+    import torch
+
+    if not isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+        return None
+    packed = module.weight()
+    scheme = "per-channel" if packed.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else "per-tensor"
+    return packed.dequantize().float().cpu(), f"torch {str(packed.dtype).removeprefix('torch.')} {scheme}"
+
+
 BACKEND = Backend(
     "torch.ao quantize_dynamic",
     lambda layers: (
         f"keep = {sorted(layers)!r}; quantize_dynamic(model, {{n for n, m in model.named_modules() "
         "if isinstance(m, torch.nn.Linear) and n not in keep}, dtype=torch.qint8)"
     ),
+    dequantize,
 )
 
 
@@ -42,5 +55,6 @@ def precisions() -> list[Precision]:
             max_flip_rate=15.0,
             max_kl=0.1,
             backend=BACKEND.name,
+            batch_dependent=True,  # one activation scale per input tensor: the whole batch
         )
     ]

@@ -20,11 +20,24 @@ if TYPE_CHECKING:
     import torch
 
 EXTRA = "torchao"
+
+
+def dequantize(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
+    """A Linear layer whose weight is a torchao quantized tensor (Int8Tensor, ...), in FP32, and that tensor's type."""
+    import torch
+
+    if not isinstance(module, torch.nn.Linear) or type(module.weight.data) is torch.Tensor or not hasattr(module.weight, "dequantize"):
+        return None
+    weight: Any = module.weight
+    return weight.dequantize().float().cpu(), f"torchao {type(weight.data).__name__}"
+
+
 BACKEND = Backend(
     "torchao",
     lambda layers: (
         f"keep = {sorted(layers)!r}; quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in keep)"
     ),
+    dequantize,
 )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pytest_quantreg.backends.registry import keep_settings
+from pytest_quantreg.backends.registry import dequantizers, keep_settings
 from pytest_quantreg.fallback import probe, units
 from pytest_quantreg.fallback.probe import BudgetExhausted, Probe
 from pytest_quantreg.fallback.result import Decision, Fallback, Trial
@@ -300,7 +300,7 @@ def outcome(label: str, rows: np.ndarray, indices: Sequence[int], inputs: Inputs
 def with_snr(sensitivity: Sensitivity, subject: Searched, fp32_weights: Mapping[str, torch.Tensor]) -> Sensitivity:
     """The sensitivity with each unit's worst weight SNR (the weight report's, for torch modules and ONNX files
     alike), read side by side with its effect."""
-    report = weight_report(subject.label, dict(fp32_weights), subject.model, subject.kept)
+    report = weight_report(subject.label, dict(fp32_weights), subject.model, subject.kept, dequantizers())
     snr = {layer.name: layer.snr_db for layer in report.layers}
     effects = tuple(
         dataclasses.replace(e, min_snr_db=min((snr[n] for n in e.unit.layers if n in snr), default=None)) for e in sensitivity.effects

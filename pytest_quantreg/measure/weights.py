@@ -1,10 +1,9 @@
 """Per-layer weight quantization error: each quantized Linear layer dequantized and compared with FP32.
 
-Supported storages: float casts (fp16, bf16, fp32), torch dynamic int8 packed weights, torchao's
-quantized tensors, ONNX Runtime's int8 initializers with their scales, and bitsandbytes LLM.int8
-and 4-bit (NF4 / FP4) parameters, including the layout bitsandbytes repacks
-4-bit weights into on CPUs with AVX-512 BF16 at their first forward pass. Layers kept in FP32
-(``--quantreg-keep-fp32``) are listed as such. Errors are computed in float64.
+A torch module's layers are read by the backends' dequantizers (each backend module's
+``BACKEND.dequantize``), plain Linear layers (float casts) by their dtype; a model that is not a torch
+module reads its own (``dequantized_weights()``). Layers kept in FP32 (``--quantreg-keep-fp32``) are
+listed as such. Errors are computed in float64.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ import hashlib
 import math
 import re
 import statistics
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,8 @@ from pytest_quantreg.fileio import file_sha256
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_quantreg.backends.base import Dequantizer
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
@@ -121,11 +121,17 @@ def linear_weights(model: Any) -> dict[str, torch.Tensor]:
     return {name: weight.clone() for name, weight, _ in _dequantized(model)}
 
 
-def weight_report(precision: str, reference: dict[str, torch.Tensor], model: Any, kept_fp32: tuple[str, ...] = ()) -> WeightReport:
-    """Compare every Linear-like layer of ``model`` with the FP32 weight of the same name; ``kept_fp32``
-    names the layers the precision kept in FP32 on purpose."""
+def weight_report(
+    precision: str,
+    reference: dict[str, torch.Tensor],
+    model: Any,
+    kept_fp32: tuple[str, ...] = (),
+    dequantizers: Sequence[Dequantizer] = (),
+) -> WeightReport:
+    """Compare every Linear-like layer of ``model`` (read back by the backends' ``dequantizers``) with the
+    FP32 weight of the same name; ``kept_fp32`` names the layers the precision kept in FP32 on purpose."""
     rows = []
-    for name, weight, storage in _dequantized(model):
+    for name, weight, storage in _dequantized(model, dequantizers):
         fp32 = reference.get(name)
         if fp32 is None or fp32.shape != weight.shape:
             continue
@@ -135,73 +141,28 @@ def weight_report(precision: str, reference: dict[str, torch.Tensor], model: Any
     return WeightReport(precision, tuple(rows), kept_fp32)
 
 
-def dequantized_weight(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
-    """The weight of a Linear-like ``module`` as float32 on the CPU and how it is stored; None otherwise."""
+def dequantized_weight(module: torch.nn.Module, dequantizers: Sequence[Dequantizer] = ()) -> tuple[torch.Tensor, str] | None:
+    """The weight of a Linear-like ``module`` as float32 on the CPU and how it is stored (the first of the
+    backends' ``dequantizers`` that reads it, else a plain ``nn.Linear``'s); None otherwise."""
     import torch
 
-    bnb = _bitsandbytes_layer(module)
-    if bnb is not None:
-        return bnb
-    if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
-        packed = module.weight()
-        scheme = "per-channel" if packed.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) else "per-tensor"
-        return packed.dequantize().float().cpu(), f"torch {str(packed.dtype).removeprefix('torch.')} {scheme}"
-    if isinstance(module, torch.nn.Linear) and type(module.weight.data) is not torch.Tensor and hasattr(module.weight, "dequantize"):
-        weight: Any = module.weight  # a torchao quantized tensor (Int8Tensor, ...)
-        return weight.dequantize().float().cpu(), f"torchao {type(weight.data).__name__}"
+    for dequantize in dequantizers:
+        found = dequantize(module)
+        if found is not None:
+            return found
     if isinstance(module, torch.nn.Linear):
         return module.weight.detach().float().cpu(), str(module.weight.dtype).removeprefix("torch.")
     return None
 
 
-def _bitsandbytes_layer(module: torch.nn.Module) -> tuple[torch.Tensor, str] | None:
-    if "bitsandbytes" not in sys.modules:  # a model with bitsandbytes layers has imported it
-        return None
-    import bitsandbytes as bnb
-
-    weight: Any = getattr(module, "weight", None)
-    if isinstance(module, bnb.nn.Linear8bitLt):
-        state = getattr(module, "state", None)  # the first forward pass moves the row scales there
-        scales = getattr(weight, "SCB", None)
-        scales = scales if scales is not None else getattr(state, "SCB", None)
-        if scales is not None:
-            codes = weight.CB if getattr(weight, "CB", None) is not None else weight.data
-            return bnb.functional.int8_vectorwise_dequant(codes, scales).float().cpu(), "bitsandbytes int8 row-wise"
-    if isinstance(module, bnb.nn.Linear4bit) and getattr(weight, "quant_state", None) is not None:
-        state = weight.quant_state
-        storage = f"bitsandbytes {state.quant_type} block {state.blocksize}"
-        if getattr(state, "packing_format_for_cpu", False):
-            return _unpack_cpu_4bit(weight.data, state).cpu(), storage + " (CPU-packed, bf16 scales)"
-        return bnb.functional.dequantize_4bit(weight.data, state).float().cpu(), storage
-    return None
-
-
-def _unpack_cpu_4bit(packed: torch.Tensor, state: Any, block_n: int = 32) -> torch.Tensor:
-    """Dequantize the layout bitsandbytes repacks 4-bit weights into on AVX-512 BF16 CPUs.
-
-    ``packed`` is ``[N, K/2]`` bytes: per group of ``block_n`` rows, column pairs interleaved, low
-    nibbles for the group's first 32 values of a byte pair run and high nibbles for the next 32;
-    ``state.absmax`` is ``[K / blocksize, N]`` in bfloat16 (transposed, one scale per row block).
-    """
-    import torch
-
-    rows, half = packed.shape
-    nibbles = packed.reshape(-1, 32)
-    codes = torch.cat([nibbles & 0xF, nibbles >> 4], dim=-1)  # each run of 64: 32 low nibbles, then 32 high
-    codes = codes.reshape(rows // block_n, half, block_n, 2).transpose(1, 2).reshape(rows, half * 2)
-    values = state.code.float().cpu()[codes.long()]
-    scales = state.absmax.float().T.repeat_interleave(state.blocksize, dim=1)  # [N, K]
-    return values * scales
-
-
-def _dequantized(model: Any) -> Iterator[tuple[str, torch.Tensor, str]]:
+def _dequantized(model: Any, dequantizers: Sequence[Dequantizer] = ()) -> Iterator[tuple[str, torch.Tensor, str]]:
     import torch
 
     if not isinstance(model, torch.nn.Module):  # a precision that is not a torch module reads its own (ONNX initializers)
         yield from getattr(model, "dequantized_weights", lambda: iter(()))()
         return
     for name, module in model.named_modules():
-        found = dequantized_weight(module)
+        found = dequantized_weight(module, dequantizers)
         if found is not None:
             yield name, found[0], found[1]
 

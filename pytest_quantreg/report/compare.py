@@ -161,9 +161,9 @@ def _judge(base: Entry, head: Entry, thresholds: dict[str, float], same_machine:
         notes.append(f"{base.precision}: {pairs.describe()}")
     limit = thresholds.get("accuracy-drop")
     if limit is not None and pairs is not None:  # on the same samples: the discordant pairs decide
-        before, after = (base.accuracy or 0.0), (head.accuracy or 0.0)
         if pairs.accuracy_lost_pp > limit + 1e-9:
-            found.append(f"accuracy {before:.2%} -> {after:.2%} (-{pairs.accuracy_lost_pp:.2f} pp > {limit:g} pp; {pairs.describe()})")
+            then, now = base.accuracy or 0.0, head.accuracy or 0.0
+            found.append(f"accuracy {then:.2%} -> {now:.2%} (-{pairs.accuracy_lost_pp:.2f} pp > {limit:g} pp; {pairs.describe()})")
     elif limit is not None and base.accuracy is not None and head.accuracy is not None:
         lost = (base.accuracy - head.accuracy) * 100
         if lost > limit + 1e-9:

@@ -37,10 +37,12 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
         + "".join(f"; by {name}: {keep.describe(tokens)}" for name, tokens in s.keep_by_precision.items())
         + f" ({keep.OPTION}; 'none' quantizes every Linear layer)"
     )
-    if batches and "int8-dynamic" in run.selected:
+    per_batch = [name for name in run.selected if run.registry[name].batch_dependent]
+    if batches and per_batch:
         lines.append(
-            "quantreg: note: int8-dynamic scales activations per batch, so in batches its predictions depend on their batch-mates "
-            "(8% of the example's differ from batch size 1); its accuracy gate is exact only at --quantreg-batch-size=1"
+            f"quantreg: note: {', '.join(per_batch)} scale activations per batch, so in batches their predictions depend on their "
+            "batch-mates (8% of the example's int8-dynamic predictions differ from batch size 1); their accuracy gates are exact "
+            "only at --quantreg-batch-size=1"
         )
     try:
         if s.model is None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends.base import Precision
-from pytest_quantreg.backends.registry import Registry
+from pytest_quantreg.backends.registry import Registry, dequantizers
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline, outcome_entry
 from pytest_quantreg.judge.drift import OutcomeRecord
@@ -151,7 +151,7 @@ class QuantregRun:
         reports = self.ledger.weight_reports
         if name not in reports:
             reference = self.builds.fp32_weights(model if name == FP32 else None)
-            reports[name] = weight_report(name, reference, model, self.builds.kept.get(name, ()))
+            reports[name] = weight_report(name, reference, model, self.builds.kept.get(name, ()), dequantizers())
         return reports[name]
 
     def statistics_reference(self) -> tuple[Reference, str] | None:
