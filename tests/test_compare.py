@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outcomes import assert_verdicts
+from outcomes import JUDGED_TRIES, assert_verdicts
 from projects import record_baseline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,9 +114,20 @@ def test_predictions_are_paired_by_sample_not_compared_as_two_accuracies(project
     assert "REGRESSION int8-dynamic (cpu): 3.33% of the predictions changed (> 1%): 2 of 60 predictions changed" in gated.stdout
 
 
+def judged_suite(project: pytest.Pytester, output: str) -> dict[str, Any]:
+    """``run_suite`` until no latency in it was timed on a busy machine (the edits below need judged ratios);
+    skip saying so when the machine stays busy."""
+    for _ in range(JUDGED_TRIES):
+        run_suite(project, output)
+        data = json.loads((project.path / output).read_text())
+        busy = [b["extra_info"].get("latency_disturbed_reason") for b in data["benchmarks"] if b["extra_info"].get("latency_disturbed")]
+        if not busy:
+            return data
+    pytest.skip(f"the machine stayed busy in {JUDGED_TRIES} runs, so no latency could be judged: {busy[0]}")
+
+
 def test_latency_and_size_thresholds_and_fractions(project: pytest.Pytester) -> None:
-    run_suite(project, "a.json")
-    data = json.loads((project.path / "a.json").read_text())  # HEAD: the same run, edited
+    data = judged_suite(project, "a.json")  # HEAD: the same run, edited
     for bench in data["benchmarks"]:
         if bench["extra_info"]["precision"] == "int8-dynamic":
             slower(bench["extra_info"], 1.5)  # HEAD's int8 got 50% slower relative to FP32
@@ -138,8 +149,7 @@ def slower(info: dict, factor: float, samples: float | None = None) -> None:
 
 def test_latency_is_judged_on_the_interval_over_the_rounds(project: pytest.Pytester) -> None:
     """Per-sample ratios decide, with their interval; rounds that disagree, or a busy machine, are not judged."""
-    run_suite(project, "a.json")
-    data = json.loads((project.path / "a.json").read_text())
+    data = judged_suite(project, "a.json")
 
     def edited(name: str, change: Any) -> str:
         copy = json.loads(json.dumps(data))
@@ -152,8 +162,6 @@ def test_latency_is_judged_on_the_interval_over_the_rounds(project: pytest.Pytes
     info = next(b["extra_info"] for b in data["benchmarks"] if b["extra_info"]["precision"] == "int8-dynamic")
     assert info["latency_pairs_wanted"] >= 6
     assert len(info["latency_sample_ratios"]) == info["latency_pairs"]
-    if info["latency_disturbed"]:
-        pytest.skip(f"the machine was busy while the run was timed: {info['latency_disturbed_reason']}")
     # the ratio moved 50% but no paired sample did: the point estimate alone would fail, the interval does not
     moved = edited("moved.json", lambda i: slower(i, 1.5, samples=1.0))
     assert compare("a.json", moved, "--fail-on", "latency=10%", cwd=project.path).returncode == 0
