@@ -25,6 +25,7 @@ from pytest_quantreg.backends.casts import bf16_blocked
 from pytest_quantreg.backends.registry import builtin_registry
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import file_sha256
+from pytest_quantreg.judge.baselines import load
 from pytest_quantreg.measure import hardware, keep
 from pytest_quantreg.measure.example import CACHE_ENV, example_model, read_manifest
 from pytest_quantreg.measure.failures import failing_library
@@ -390,6 +391,10 @@ def test_example_baseline_holds_records_for_the_committed_hardware_classes() -> 
         blocked = {"bf16"} if bf16_blocked(hardware["capability"], "amx" in hardware["features"]) else set()
         assert set(entry["ratios"]) == runnable - blocked  # torchao-int4-weight has no CPU kernel, bf16 none with AMX capped
         assert all(r["ci95"][0] <= r["ratio"] <= r["ci95"][1] for r in entry["ratios"].values())
+    outcomes = load(EXAMPLE_BASELINE).outcome_records  # each record decodes: load checks them
+    assert {entry["hardware"]["capability"] for entry in outcomes.values()} >= {"DEFAULT", "AVX2", "AVX512"}
+    for entry in outcomes.values():
+        assert set(entry["precisions"]) == runnable  # this AMD EPYC machine has no AMX: bf16 runs under every capability
     # No claim about which CPUs build the committed bits: the AMD EPYC machines here built 121a798302f5, two Intel
     # Xeon classes (with AMX, and with AVX-512 VNNI only) c1d951a86d20, and what decides it is not known. A run
     # that built other bits judges FP32 by its drift gates: test_example_built_with_other_bits_is_judged_by_fp32_drift_not_refused.
