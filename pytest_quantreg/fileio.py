@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -11,17 +12,23 @@ from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically; the old file stays intact if anything fails."""
+    """Write ``text`` to ``path`` atomically; the old file stays intact if anything fails.
+
+    The temporary file's name carries this process's id, so that an interruption anywhere, even
+    between its creation and the return of ``mkstemp`` (a Ctrl-C a loaded machine delivered there),
+    leaves none of this process's temporary files behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    prefix = f".{path.name}.{os.getpid()}."
     try:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+            leftover.unlink(missing_ok=True)
         raise
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from outcomes import JUDGED_TRIES
 
 from pytest_quantreg.measure.data import draw_sample, load_file, parse_sample_spec
 from pytest_quantreg.measure.evaluation import measure, spread
@@ -57,10 +58,19 @@ def _recording(model: torch.nn.Module, name: str, calls: list[tuple[str, int]]) 
 
 @pytest.mark.parametrize("pairs", [6, 25, 60, 500])
 def test_partner_is_timed_just_before_each_paired_sample(tiny_model_dir: Path, tiny_inputs: Inputs, pairs: int) -> None:
+    from pytest_quantreg.judge.gates import disturbance
+
     calls: list[tuple[str, int]] = []
     model = _recording(load_classifier(tiny_model_dir), "model", calls)
     partner = _recording(load_classifier(tiny_model_dir), "fp32", calls)
-    result = measure(model, tiny_inputs, precision="int8", size_mb=0.0, warmup=2, timed=True, partner=partner, pairs=pairs)
+    for _ in range(JUDGED_TRIES):  # a busy machine stops the pairs early: the order below is that of a judged pass
+        calls.clear()
+        result = measure(model, tiny_inputs, precision="int8", size_mb=0.0, warmup=2, timed=True, partner=partner, pairs=pairs)
+        busy = disturbance(result)
+        if busy is None:
+            break
+    else:
+        pytest.skip(f"the machine stayed busy in {JUDGED_TRIES} passes: {busy}")
     paired = spread(len(tiny_inputs), pairs)
     assert len(set(paired)) == len(paired) == min(pairs, len(tiny_inputs))
     assert result.pairs_wanted == len(paired)
@@ -88,7 +98,9 @@ def test_partner_is_timed_just_before_each_paired_sample(tiny_model_dir: Path, t
 
 def test_partner_timings_are_its_own(tiny_model_dir: Path, tiny_inputs: Inputs) -> None:
     """A partner doing four times the work shows it in the pairs: the ratio is model over partner."""
+    from pytest_quantreg.judge.gates import disturbance
     from pytest_quantreg.judge.stats import latency_ratio
+    from pytest_quantreg.measure.timing import MIN_CLEAN_SHARE
 
     model = load_classifier(tiny_model_dir)
     partner = load_classifier(tiny_model_dir)
@@ -100,10 +112,16 @@ def test_partner_timings_are_its_own(tiny_model_dir: Path, tiny_inputs: Inputs) 
         return forward(*args, **kwargs)
 
     partner.forward = four_times  # type: ignore[method-assign]
-    result = measure(model, tiny_inputs, precision="int8", size_mb=0.0, warmup=2, timed=True, partner=partner, pairs=60)
+    for _ in range(JUDGED_TRIES):
+        result = measure(model, tiny_inputs, precision="int8", size_mb=0.0, warmup=2, timed=True, partner=partner, pairs=60)
+        busy = disturbance(result)
+        if busy is None:
+            break
+    else:
+        pytest.skip(f"the machine stayed busy in {JUDGED_TRIES} passes: {busy}")
     ratio = latency_ratio(result.paired_s)
     assert ratio is not None
-    assert ratio.n == 60
+    assert MIN_CLEAN_SHARE * 60 <= ratio.n <= 60  # a pair still disturbed after its re-timings is left out
     assert ratio.ci95[1] < 0.6  # about 1/4
 
 
