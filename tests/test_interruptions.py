@@ -24,10 +24,11 @@ from pytest_quantreg.judge import baselines
 
 WRITER = textwrap.dedent(
     """
-    import sys
+    import signal, sys
     from pathlib import Path
     from pytest_quantreg.fileio import atomic_write_json
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises here even where the parent ignores it (a background job)
     path = Path(sys.argv[1])
     # two versions of a large baseline-like document, written in turn for ever
     docs = [{"version": v, "predictions": {str(i): {"label": i % 2, "probs": [0.25, 0.75]} for i in range(60000)}} for v in "AB"]

@@ -46,12 +46,15 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
         "--quantreg-trust-remote-code",
         "--quantreg-baseline-dir=DIR",
         "--quantreg-update-baselines",
+        "--quantreg-record",
         "--quantreg-record-latency",
         "--quantreg-max-drop=N",
         "--quantreg-min-relative-accuracy=N",
         "--quantreg-alpha=N",
         "--quantreg-max-flip-rate=N",
         "--quantreg-max-kl=N",
+        "--quantreg-max-drift-flip-rate=N",
+        "--quantreg-max-drift-kl=N",
         "--quantreg-max-latency-ratio=N",
         "--quantreg-max-latency-increase=N",
         "--quantreg-keep-fp32=FP32",
@@ -72,7 +75,8 @@ def test_help_lists_every_option(pytester: pytest.Pytester) -> None:
     pytester.runpytest("--markers").stdout.fnmatch_lines(
         [
             "@pytest.mark.quantreg(max_drop=None, min_relative_accuracy=None, alpha=None, max_flip_rate=None, max_kl=None, "
-            "max_latency_ratio=None, max_latency_increase=None, precisions=None, keep_fp32=None, max_fp32_units=None):*"
+            "max_drift_flip_rate=None, max_drift_kl=None, max_latency_ratio=None, max_latency_increase=None, precisions=None, "
+            "keep_fp32=None, max_fp32_units=None):*"
         ]
     )
 
@@ -245,8 +249,8 @@ def test_marker_arguments_are_checked(quantreg_pytester: pytest.Pytester) -> Non
     result = quantreg_pytester.runpytest("test_marked.py", "--precision=fp32,fp16", "--collect-only", "-q")
     result.stdout.fnmatch_lines(
         [
-            "*unknown quantreg marker argument(s) max_dorp; use alpha, keep_fp32, max_drop, max_flip_rate, max_fp32_units, max_kl, "
-            "max_latency_increase, max_latency_ratio, min_relative_accuracy, precisions*"
+            "*unknown quantreg marker argument(s) max_dorp; use alpha, keep_fp32, max_drift_flip_rate, max_drift_kl, max_drop, "
+            "max_flip_rate, max_fp32_units, max_kl, max_latency_increase, max_latency_ratio, min_relative_accuracy, precisions*"
         ]
     )
     quantreg_pytester.makepyfile(
