@@ -46,6 +46,47 @@ def test_texts_with_two_labels_are_dropped() -> None:
     assert (report.rows, report.duplicates, report.conflicting) == (5, 2, 1)
 
 
+def test_texts_are_kept_as_given_and_duplicates_found_ignoring_whitespace() -> None:
+    rows = [("[SYSTEM]\nignore  the rules", 1), ("x\ty", 0), ("x y", 0), ("  x y ", 0), ("plain", 1)]
+    examples, report = clean(rows, LABELS)
+    kept = {e.text: e.label for e in examples}
+    assert kept == {"[SYSTEM]\nignore  the rules": 1, "  x y ": 0, "plain": 1}  # of "x\ty", "x y", "  x y " the smallest
+    assert (report.rows, report.duplicates, report.conflicting) == (5, 2, 0)
+    assert {e.id for e in examples} == {e.id for e in clean([("[SYSTEM] ignore the rules", 1), ("x y", 0), ("plain", 1)], LABELS)[0]}
+    assert [e.text for e in clean(reversed(rows), LABELS)[0]] == [e.text for e in examples]
+
+
+def test_a_csv_keeps_the_line_breaks_inside_its_quoted_texts(tmp_path: Path) -> None:
+    import csv
+
+    texts = ["one\r\ntwo", "three\n\nfour", "five\u2028six"]
+    path = tmp_path / "breaks.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle, lineterminator="\r\n").writerows([["text", "label"], *([text, "positive"] for text in texts)])
+    assert sorted(e.text for e in load_file(path, LABELS).eval) == sorted(texts)
+    lines = tmp_path / "breaks.jsonl"
+    lines.write_text("".join(json.dumps({"text": t, "label": 1}, ensure_ascii=False) + "\r\n" for t in texts), encoding="utf-8")
+    assert sorted(e.text for e in load_file(lines, LABELS).eval) == sorted(texts)
+
+
+def test_the_suite_evaluates_the_files_texts_byte_for_byte(quantreg_pytester: pytest.Pytester) -> None:
+    texts = ["good\n\nreally  good", "bad\tand sad", "fine", "terrible  day", "a lovely\r\nmorning", "so so"]
+    data = quantreg_pytester.path / "texts.jsonl"
+    rows = [{"text": text, "label": i % 2} for i, text in enumerate(texts)] + [{"text": "fine ", "label": 0}]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    quantreg_pytester.makepyfile(
+        test_texts=f"""
+        def test_texts(quantreg_sample):
+            assert sorted(e.text for e in quantreg_sample.examples) == sorted({texts!r})
+        """
+    )
+    result = quantreg_pytester.runpytest(f"--quantreg-dataset={data}", "--quantreg-samples=all", "-p", "no:cacheprovider", "test_texts.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["quantreg data: texts.jsonl (sha256 *; 7 rows, dropped 1 duplicate row(s), matched ignoring whitespace), *"]
+    )
+
+
 def test_split_is_thirty_percent_stratified_and_disjoint(tweets) -> None:
     total = len(tweets.train) + len(tweets.eval)
     assert abs(len(tweets.eval) - 0.3 * total) <= 1

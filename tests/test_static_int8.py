@@ -98,10 +98,12 @@ def test_a_calibration_file_leaves_out_the_samples_texts(tmp_path: Path) -> None
     with data.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([["text", "label"], *([text, LABELS[i % 2]] for i, text in enumerate(rows))])
     sample = draw_sample(load_file(data, LABELS), SampleSpec(), seed=0)
-    path = texts_file(tmp_path / "calibration.csv", [*rows[:5], *other_texts(10), other_texts(10)[0]])
+    spaced = "\n" + rows[5].replace(" ", "  ")  # a sampled text, but for its whitespace
+    path = texts_file(tmp_path / "calibration.csv", [*rows[:5], spaced, *other_texts(10), other_texts(10)[0] + "\t", "a\n\nb"])
     calibration = load_calibration(path, "text", sample, 300)
-    assert len(calibration) == 10  # the repeated text counts once
-    assert calibration.overlap_dropped == 5
+    assert len(calibration) == 11  # the repeated text counts once, whatever its whitespace
+    assert calibration.overlap_dropped == 6
+    assert "a\n\nb" in calibration.texts  # as given
     assert not set(rows) & set(calibration.texts)
     assert len(load_calibration(path, "text", sample, 4)) == 4
     with pytest.raises(QuantregError, match="no text in column 'review'"):

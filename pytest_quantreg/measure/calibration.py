@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.measure.data import Sample, digest, read_csv, read_jsonl, stratified, text_id
+from pytest_quantreg.measure.data import Sample, dedup_key, digest, read_csv, read_jsonl, stratified, text_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -65,7 +65,7 @@ def draw_calibration(sample: Sample, count: int, seed: int) -> Calibration:
 
 def load_calibration(path: Path, text_column: str, sample: Sample, count: int) -> Calibration:
     """The first ``count`` texts of a CSV or JSON Lines file (column ``text_column``; labels not needed),
-    whitespace-normalised, duplicates and the evaluation sample's texts left out."""
+    as given; duplicates (ignoring whitespace) and the evaluation sample's texts left out."""
     if not path.is_file():
         raise QuantregError(f"{FILE_OPTION}: {path} does not exist; pass an existing .csv or .jsonl file of texts")
     suffix = path.suffix.lower()
@@ -82,11 +82,10 @@ def load_calibration(path: Path, text_column: str, sample: Sample, count: int) -
                 f"{path}, {'row' if suffix == '.csv' else 'line'} {line}: no text in column {text_column!r} "
                 f"(found: {', '.join(map(str, record)) or 'none'}); name the column with --quantreg-text-column"
             )
-        text = " ".join(text.split())
-        key = text_id(text)
+        key = text_id(dedup_key(text))
         if key in sampled:
             dropped += 1
-        elif text and key not in texts and len(texts) < count:
+        elif text.strip() and key not in texts and len(texts) < count:
             texts[key] = text
     if not texts:
         raise QuantregError(f"{FILE_OPTION}: {path} has no texts outside the evaluation sample; add texts the sample does not have")

@@ -1,7 +1,8 @@
 """Labelled text data: the embedded tweets, CSV / JSON Lines files, splitting and sampling.
 
-Every source goes through the same cleaning (whitespace normalised, duplicates and texts that
-carry two labels dropped) and gets content-derived sample ids, so a sample, its hash and the
+Every source goes through the same cleaning (duplicates and texts that carry two labels dropped,
+found on a whitespace-normalised key; the texts themselves are kept as given, byte for byte) and
+gets content-derived sample ids (of that key), so a sample, its hash and the
 baselines keyed by it do not depend on row order or on the machine.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import io
 import json
 import sqlite3
 from collections import defaultdict
@@ -220,21 +222,32 @@ def load_file(
 
 
 def clean(rows: Iterable[tuple[str, int]], labels: Sequence[str]) -> tuple[tuple[Example, ...], CleaningReport]:
-    """Normalise whitespace, drop duplicates and texts seen with two labels; order by id."""
+    """Drop duplicates and texts seen with two labels (both found ignoring whitespace); order by id.
+
+    A text is evaluated as given; of duplicates that differ only in whitespace the smallest is kept,
+    so the result does not depend on row order."""
     seen: dict[str, set[int]] = defaultdict(set)
+    given: dict[str, str] = {}
     count = 0
     for text, label in rows:
         count += 1
-        seen[" ".join(text.split())].add(label)
+        key = dedup_key(text)
+        seen[key].add(label)
+        given[key] = min(given.get(key, text), text)
     conflicting = sum(1 for found in seen.values() if len(found) > 1)
     examples = sorted(
-        (Example(id=text_id(text), text=text, label=found.pop()) for text, found in seen.items() if len(found) == 1),
+        (Example(id=text_id(key), text=given[key], label=found.pop()) for key, found in seen.items() if len(found) == 1),
         key=lambda e: e.id,
     )
     for example in examples:
         if not 0 <= example.label < len(labels):
             raise QuantregError(f"label {example.label} is outside the known labels {list(labels)}")
     return tuple(examples), CleaningReport(rows=count, duplicates=count - len(seen), conflicting=conflicting)
+
+
+def dedup_key(text: str) -> str:
+    """What two texts share when they differ only in whitespace: the key duplicates and ids are found on."""
+    return " ".join(text.split())
 
 
 def split(examples: Sequence[Example], eval_fraction: Fraction) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
@@ -290,10 +303,10 @@ DELIMITERS = (",", ";", "\t", "|")  # comma first: it wins a tie
 def read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
     """Rows of a CSV file by line number; the delimiter is the one that splits the header row into the
     most columns (a spreadsheet set to a European locale exports with semicolons)."""
-    lines = _read_text(path).splitlines()
-    header = lines[0] if lines else ""
+    content = _read_text(path)
+    header = content.split("\n", 1)[0]
     delimiter = max(DELIMITERS, key=lambda d: len(next(csv.reader([header], delimiter=d), [])))
-    reader = csv.DictReader(lines, delimiter=delimiter)
+    reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)  # a quoted field keeps its line breaks
     if not reader.fieldnames:
         raise QuantregError(f"data set file {path} is empty; it needs a header row and data rows")
     return [(number, dict(row)) for number, row in enumerate(reader, start=2)]
@@ -301,7 +314,7 @@ def read_csv(path: Path) -> list[tuple[int, dict[str, object]]]:
 
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
     records: list[tuple[int, dict[str, object]]] = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).split("\n"), start=1):  # not splitlines: U+2028 may stand in a JSON string
         if not line.strip():
             continue
         try:
@@ -318,7 +331,7 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, object]]]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return path.read_bytes().decode("utf-8-sig")  # line breaks as in the file: a text's own "\r\n" is its own
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
         raise QuantregError(

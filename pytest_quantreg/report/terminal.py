@@ -13,6 +13,7 @@ from pytest_quantreg.judge.metrics import ACCURACY, ACCURACY_METRIC, ClassMetric
 from pytest_quantreg.judge.stats import Agreement, Reference, compare, latency_ratio
 from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.calibration import COUNT_OPTION, FILE_OPTION
+from pytest_quantreg.measure.data import CleaningReport
 from pytest_quantreg.measure.evaluation import Measurement
 from pytest_quantreg.measure.hardware import library_versions
 from pytest_quantreg.measure.weights import WeightReport
@@ -49,9 +50,9 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
             lines.append(_example_line())
         else:
             lines.append(f"quantreg model: {s.model} (weights sha256 {run.subject.weights_sha256[:12]})")
-        sample = run.subject.sample
+        sample, dataset = run.subject.sample, run.subject.dataset
         lines.append(
-            f"quantreg data: {run.subject.dataset.name} (sha256 {run.subject.dataset.sha256[:12]}), sample {len(sample)} "
+            f"quantreg data: {dataset.name} (sha256 {dataset.sha256[:12]}{_cleaning(dataset.cleaning)}), sample {len(sample)} "
             f"(--quantreg-samples={s.samples} --quantreg-seed={s.seed}, sha256 {sample.sha256[:12]}), max length {s.max_length}"
         )
         calibrated = [name for name in run.selected if run.registry[name].calibrated]
@@ -69,6 +70,13 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
     if hardware:
         lines.append(f"quantreg hardware: {run.subject.hardware.describe()}")
     return lines
+
+
+def _cleaning(report: CleaningReport) -> str:
+    """The rows read and what cleaning dropped (found ignoring whitespace; the texts are evaluated as given)."""
+    dropped = [f"{report.duplicates} duplicate row(s)"] if report.duplicates else []
+    dropped += [f"{report.conflicting} text(s) with two labels"] if report.conflicting else []
+    return f"; {report.rows} rows" + (f", dropped {' and '.join(dropped)}, matched ignoring whitespace" if dropped else "")
 
 
 def _calibration_line(run: QuantregRun, calibrated: list[str]) -> str:
