@@ -21,8 +21,8 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
-from pytest_quantreg.backends.registry import builtin_registry
-from pytest_quantreg.measure.hardware import KERNEL_ENV, capability_env
+from pytest_quantreg.backends.registry import builtin_registry, capability_env, kernel_env
+from pytest_quantreg.measure.hardware import TORCH_KERNEL_ENV
 
 CAPABILITIES = ("default", "avx2", "native")
 PRECISIONS = os.environ.get("QUANTREG_BENCH_PRECISIONS", "all")  # e.g. fp32,openvino-int8-static: only those
@@ -61,7 +61,7 @@ def changed(capability: str, change: str, test: str) -> str:
 
 
 def main() -> None:
-    for key in KERNEL_ENV:
+    for key in (*TORCH_KERNEL_ENV, *kernel_env()):
         os.environ.pop(key, None)
     record = "--record" in sys.argv[1:]
     registry = builtin_registry()

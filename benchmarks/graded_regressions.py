@@ -27,7 +27,7 @@ from pathlib import Path
 
 from measure import PYTHON, ROOT, run
 
-from pytest_quantreg.measure.hardware import capability_env
+from pytest_quantreg.backends.registry import capability_env
 
 NAME = "int8-dynamic"
 BASELINE = "quantreg-example-minilm-tweets__tweets__n387-seed0-len128__cpu.json"

@@ -61,11 +61,12 @@ def bitsandbytes_imported() -> None:
     must be imported out here. NNCF registers its OpenVINO metatypes and algorithm backends in
     registries of its own when their modules first load, lazily: all of them are loaded here.
     """
-    from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
+    from pytest_quantreg.backends import registry  # noqa: F401  (adds the backends' noise)
+    from pytest_quantreg.measure.loading import held_back_loggers, quiet_loggers
 
     for module in ("bitsandbytes", "torchao", "onnx", "onnxruntime", "onnxruntime.quantization", "openvino", "nncf"):
         if importlib.util.find_spec(module.partition(".")[0]) is not None:
-            with quiet_loggers(*LOAD_NOISE):
+            with quiet_loggers(*held_back_loggers()):
                 importlib.import_module(module)
     if importlib.util.find_spec("nncf") is not None:
         import nncf.openvino
@@ -98,5 +99,3 @@ def quantreg_pytester(bitsandbytes_imported: None, pytester: pytest.Pytester, ti
     )
     pytester.makepyfile(test_regression=EXAMPLE_TESTS)
     return pytester
-
-

@@ -78,7 +78,6 @@ def tiny_texts(n: int = 60) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))) for _ in range(n)]
 
 
-
 EXAMPLE_TESTS = (Path(__file__).parent / "test_quantization.py").read_text(encoding="utf-8")
 
 

@@ -20,16 +20,17 @@ from custom_precisions import CUSTOM_PRECISIONS
 from outcomes import assert_verdicts, busy_skips, until_judged
 from projects import record_baseline, record_baseline_with
 
+from pytest_quantreg.backends import registry
 from pytest_quantreg.backends.base import BuildContext
 from pytest_quantreg.backends.casts import bf16_blocked
-from pytest_quantreg.backends.registry import builtin_registry
+from pytest_quantreg.backends.registry import builtin_registry, libraries
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import file_sha256
 from pytest_quantreg.judge.baselines import load
-from pytest_quantreg.measure import hardware, keep
+from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.example import CACHE_ENV, example_model, read_manifest
 from pytest_quantreg.measure.failures import failing_library
-from pytest_quantreg.measure.hardware import KERNEL_ENV
+from pytest_quantreg.measure.hardware import TORCH_KERNEL_ENV
 from pytest_quantreg.measure.loading import known_noise_filtered
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +39,9 @@ LINEAR_BACKENDS = ["int8-dynamic", "int8-bnb", "int4-nf4", "int4-fp4"]
 
 
 def capability_env(capability: str | None) -> dict[str, str]:
-    """This process's environment without kernel caps, with ``capability``'s for torch and OpenVINO (None: native)."""
-    env = {k: v for k, v in os.environ.items() if k not in KERNEL_ENV}
-    return {**env, **hardware.capability_env(capability)} if capability else env
+    """This process's environment without kernel caps, with ``capability``'s for torch and the backends (None: native)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*TORCH_KERNEL_ENV, *registry.kernel_env())}
+    return {**env, **registry.capability_env(capability)} if capability else env
 
 
 # -- the example is the same model everywhere ---------------------------------------------------------
@@ -301,10 +302,10 @@ def test_failing_library_is_the_innermost_frame() -> None:
 
     with pytest.raises(RuntimeError) as from_torch:
         torch.nn.Linear(4, 2)(torch.ones(1, 3))
-    assert failing_library(from_torch.value.__traceback__) == "torch"
+    assert failing_library(from_torch.value.__traceback__, libraries()) == "torch"
     with pytest.raises(RuntimeError) as from_here:
         raise_in_torch()  # torch's C++ code raised, called from this file: this file's bug
-    assert failing_library(from_here.value.__traceback__) is None
+    assert failing_library(from_here.value.__traceback__, libraries()) is None
 
 
 # -- hardware in the record, latency against the same hardware class ---------------------------------

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pytest_quantreg.errors import QuantregError
 
@@ -77,22 +77,102 @@ class Logits:
     logits: torch.Tensor
 
 
+@runtime_checkable
+class Classifier(Protocol):
+    """What a build returns when it is not a torch module (an exported file run by its own runtime).
+
+    It is called like a transformers model (the sample's tensors by input name, returning
+    :class:`Logits`), says where it runs, its size, which of the Linear layers asked for it really kept
+    in FP32 (read from what it runs, not from what was asked) and every Linear layer's weight read back
+    to FP32 for the weight report. A torch module needs none of this: the plugin reads it from its modules.
+    """
+
+    device: Any  # a torch.device or its name
+
+    def __call__(self, **encoding: torch.Tensor) -> Logits: ...
+
+    def size_mb(self) -> float:
+        """Its size in MB of 2**20 bytes (what is deployed: a file, or the tensors it holds)."""
+        ...
+
+    def kept_in_fp32(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Which of the Linear layers ``names`` it holds in FP32."""
+        ...
+
+    def dequantized_weights(self) -> Iterator[tuple[str, torch.Tensor, str]]:
+        """Each Linear layer's name, its weight as float32 ``[out, in]`` and how it is stored."""
+        ...
+
+
+@runtime_checkable
+class RestoresLayers(Protocol):
+    """A :class:`Classifier` that can restore Linear layers to FP32 itself, without quantizing again: the
+    fallback search then probes a set of layers with a copy instead of a rebuild."""
+
+    def with_fp32(self, layers: Iterable[str], fp32_weights: Mapping[str, torch.Tensor]) -> Classifier: ...
+
+
+def contract_problem(model: object, precision: str) -> str | None:
+    """Why a build's result can be neither run nor measured, or None: a torch module or a :class:`Classifier`."""
+    import torch
+
+    if isinstance(model, (torch.nn.Module, Classifier)):
+        return None
+    members = ("device", "__call__", "size_mb", "kept_in_fp32", "dequantized_weights")
+    missing = [name for name in members if not hasattr(model, name)]
+    return (
+        f"{precision}'s build returned a {type(model).__name__}, which is neither a torch module nor a "
+        f"pytest_quantreg.backends.base.Classifier (it lacks {', '.join(missing)}); return the model, or give it those members"
+    )
+
+
 Dequantizer = Callable[["torch.nn.Module"], "tuple[torch.Tensor, str] | None"]  # a layer's FP32 weight and its storage, or None
 
 
 @dataclass(frozen=True)
+class KnownFailure:
+    """An exception of ``library`` whose message holds ``text``, with its known cause and what to do (``fix``)."""
+
+    library: str
+    text: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Noise:
+    """What a library says on every build or call that says nothing about the user's model: warnings
+    (message pattern, category), log records (logger, message pattern), and loggers held back below
+    ERROR while it imports and while transformers loads a model."""
+
+    warnings: tuple[tuple[str, type[Warning]], ...] = ()
+    log_records: tuple[tuple[str, str], ...] = ()
+    loggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Backend:
-    """A quantization library, named as the fallback report names it; the setting of its own API that
-    keeps the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code); and how
-    the weight report reads a layer it quantized back to FP32 (None: its layers are not torch modules,
-    or it has none of its own)."""
+    """A quantization library: everything the plugin knows of it, so that nothing outside its module does.
+
+    ``name`` is how the fallback report names it; ``keep_setting`` the setting of its own API that keeps
+    the Linear layers ``layers`` in FP32 (what a user pastes into their deployment code); ``dequantize``
+    how the weight report reads a layer it quantized back to FP32 (None: its layers are not torch
+    modules, or it has none of its own); ``libraries`` the distributions it runs on (their versions
+    are recorded with every baseline, and an exception raised inside them is reported as theirs);
+    ``known_failures`` the exceptions with a known fix; ``noise`` what it says that the run filters out;
+    ``kernel_env`` the environment variables that cap its own CPU kernels to an instruction set (set to
+    oneDNN's names, as torch's are, when a run emulates an older CPU generation).
+    """
 
     name: str
     keep_setting: Callable[[Sequence[str]], str]
     dequantize: Dequantizer | None = None
+    libraries: tuple[str, ...] = ()
+    known_failures: tuple[KnownFailure, ...] = ()
+    noise: Noise = Noise()
+    kernel_env: tuple[str, ...] = ()
 
 
-Builder = Callable[[BuildContext], Any]  # a torch module, or an object with __call__(**encoding) -> .logits, device, size_mb()
+Builder = Callable[[BuildContext], Any]  # a torch module or a Classifier
 
 
 @dataclass(frozen=True)
@@ -166,10 +246,10 @@ class Precision:
 
 
 def _quiet_import(module: str) -> None:
-    """Import ``module`` with its loggers' warnings held back: on AVX-512 BF16 CPUs bitsandbytes logs at
-    import that an optional kernel package (fetched from a hub) is missing, and torchao that its
-    CUDA-only extensions do not load; neither says anything about the model under test."""
-    from pytest_quantreg.measure.loading import LOAD_NOISE, quiet_loggers
+    """Import ``module`` with its own loggers' warnings (and the backends' held-back loggers) held back:
+    a library may log at import that an optional kernel package or extension it does not need here is
+    missing, which says nothing about the model under test."""
+    from pytest_quantreg.measure.loading import held_back_loggers, quiet_loggers
 
-    with quiet_loggers(module, *LOAD_NOISE):
+    with quiet_loggers(module, *held_back_loggers()):
         importlib.import_module(module)

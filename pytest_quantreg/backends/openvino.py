@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends import cache
-from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Logits, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Classifier, Logits, Precision
 from pytest_quantreg.measure.loading import MB
 
 if TYPE_CHECKING:
@@ -41,11 +41,16 @@ def scope(layer: str) -> str:
     return rf"__module\.{re.escape(layer)}/aten::linear/.*"
 
 
-BACKEND = Backend("nncf", lambda layers: f"ignored_scope=nncf.IgnoredScope(patterns={[scope(layer) for layer in sorted(layers)]!r})")
+BACKEND = Backend(
+    "nncf",
+    lambda layers: f"ignored_scope=nncf.IgnoredScope(patterns={[scope(layer) for layer in sorted(layers)]!r})",
+    libraries=("openvino", "nncf"),
+    kernel_env=("OV_CPU_MAX_ISA",),  # where the build honours it; 2026.4's release wheels read only oneDNN's cap
+)
 
 
 @dataclass
-class OpenVinoClassifier:
+class OpenVinoClassifier(Classifier):
     """A compiled OpenVINO model that classifies tokenized samples: called like a transformers model."""
 
     path: Path  # the IR's .xml

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends import cache
-from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Logits, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Classifier, Logits, Precision
 from pytest_quantreg.backends.onnx_weights import StoredWeight, dequantized, onnx_nodes, stored_weights, weight_initializers
 from pytest_quantreg.measure.loading import MB, quiet_loggers
 
@@ -33,13 +33,14 @@ LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")  # their versions k
 BACKEND = Backend(
     "onnxruntime",
     lambda layers: f"quantize_dynamic or quantize_static(..., nodes_to_exclude={sorted(node for n in layers for node in onnx_nodes(n))!r})",
+    libraries=("onnxruntime", "onnx"),
 )
 OPSET = 17
 EXPORTER = "torch.onnx.export (TorchScript)"
 
 
 @dataclass
-class OnnxClassifier:
+class OnnxClassifier(Classifier):
     """An ONNX Runtime session that classifies tokenized samples: called like a transformers model."""
 
     path: Path

@@ -2,8 +2,9 @@
 
 The built-in precisions come from one module per backend (:mod:`.casts`, :mod:`.torch_dynamic`,
 :mod:`.bnb`, :mod:`.torchao`, :mod:`.ort`, :mod:`.openvino`); each module's ``precisions()`` lists what it offers and its
-``BACKEND`` how its API keeps layers in FP32. Adding a backend is one module and one line in
-:data:`BUILTIN`.
+``BACKEND`` everything else the plugin knows of its library (how its API keeps layers in FP32, how
+its layers read back to FP32, its distributions, known failures and noise). Adding a backend is one
+module and one line in :data:`BUILTIN`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from types import ModuleType
 from typing import Any
 
 from pytest_quantreg.backends import bnb, casts, openvino, ort, torch_dynamic, torchao
-from pytest_quantreg.backends.base import COMPILE_SUFFIX, Builder, Dequantizer, Precision
+from pytest_quantreg.backends.base import COMPILE_SUFFIX, Backend, Builder, Dequantizer, KnownFailure, Precision
 from pytest_quantreg.backends.compiled import compiled
 from pytest_quantreg.errors import QuantregError
-from pytest_quantreg.measure import keep
+from pytest_quantreg.measure import hardware, keep
+from pytest_quantreg.measure.hardware import library_versions
+from pytest_quantreg.measure.loading import add_noise
 
 ALIASES_BY_DEVICE: dict[str, dict[str, str]] = {
     "cpu": {"int8": "int8-dynamic", "int4": "int4-nf4"},
@@ -28,6 +31,8 @@ DEFAULT_PRECISIONS = "fp32,fp16,int8"
 BUILTIN: tuple[ModuleType, ...] = (casts, torch_dynamic, bnb, torchao, ort, openvino)  # in the order ``all`` runs them
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.+-]*$")
 REGISTERABLE = frozenset(f.name for f in dataclasses.fields(Precision)) - {"name", "build"}
+CORE_LIBRARIES = ("torch", "transformers")
+SUPPORT_LIBRARIES = ("tokenizers", "numpy")
 
 
 class Registry:
@@ -124,18 +129,49 @@ def builtin_registry() -> Registry:
     return Registry([precision for module in BUILTIN for precision in module.precisions()])
 
 
+def backends() -> tuple[Backend, ...]:
+    """The built-in backends, in :data:`BUILTIN`'s order (a module without quantized layers has none)."""
+    return tuple(module.BACKEND for module in BUILTIN if hasattr(module, "BACKEND"))
+
+
 def dequantizers() -> tuple[Dequantizer, ...]:
     """How the weight report reads each built-in backend's quantized layers back to FP32."""
-    backends = (getattr(module, "BACKEND", None) for module in BUILTIN)
-    return tuple(backend.dequantize for backend in backends if backend is not None and backend.dequantize is not None)
+    return tuple(backend.dequantize for backend in backends() if backend.dequantize is not None)
+
+
+def libraries() -> tuple[str, ...]:
+    """The distributions whose versions a run records, and whose exceptions are reported as theirs:
+    torch and transformers, each built-in backend's, then tokenizers and numpy."""
+    found = [*CORE_LIBRARIES, *(name for backend in backends() for name in backend.libraries), *SUPPORT_LIBRARIES]
+    return tuple(dict.fromkeys(found))
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of Python and of :func:`libraries` ("not installed" where one is not)."""
+    return library_versions(libraries())
+
+
+def kernel_env() -> tuple[str, ...]:
+    """The environment variables that cap the built-in backends' own CPU kernels."""
+    return tuple(name for backend in backends() for name in backend.kernel_env)
+
+
+def capability_env(capability: str) -> dict[str, str]:
+    """The environment that runs torch's and every built-in backend's CPU kernels as on an older CPU
+    generation (``default`` or ``avx2``): set it for a new process."""
+    return hardware.capability_env(capability, kernel_env())
+
+
+def known_failures() -> tuple[KnownFailure, ...]:
+    """The built-in backends' exceptions with a known fix."""
+    return tuple(failure for backend in backends() for failure in backend.known_failures)
 
 
 def keep_settings(tokens: Sequence[str], layers: Sequence[str]) -> dict[str, str]:
     """The setting that keeps ``layers`` in FP32: this plugin's option (``tokens``), then each built-in
     backend's own API, by the backend's name."""
-    settings = {"pytest-quantreg": f"{keep.OPTION}={keep.describe(tokens)}"}
-    for module in BUILTIN:
-        backend = getattr(module, "BACKEND", None)
-        if backend is not None:
-            settings[backend.name] = backend.keep_setting(layers)
-    return settings
+    return {"pytest-quantreg": f"{keep.OPTION}={keep.describe(tokens)}", **{b.name: b.keep_setting(layers) for b in backends()}}
+
+
+for _backend in backends():  # what each built-in backend says that says nothing about the model is filtered from now on
+    add_noise(_backend.noise)

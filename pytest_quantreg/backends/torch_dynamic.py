@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytest_quantreg.backends.base import Backend, BuildContext, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Noise, Precision
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +29,14 @@ BACKEND = Backend(
         "if isinstance(m, torch.nn.Linear) and n not in keep}, dtype=torch.qint8)"
     ),
     dequantize,
+    noise=Noise(
+        warnings=(
+            (r".*quantize_dynamic.*deprecated", DeprecationWarning),  # quantize_dynamic -> torchao
+            (r".*torch\.ao\.quantization.*deprecated", DeprecationWarning),
+            (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),  # its quantized modules
+            (r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning),
+        )
+    ),
 )
 
 

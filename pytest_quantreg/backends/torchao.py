@@ -13,7 +13,7 @@ import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Precision
+from pytest_quantreg.backends.base import Backend, BuildContext, Builder, Noise, Precision
 from pytest_quantreg.backends.compiled import compiled
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ BACKEND = Backend(
         f"keep = {sorted(layers)!r}; quantize_(model, config, filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and fqn not in keep)"
     ),
     dequantize,
+    libraries=("torchao",),
+    noise=Noise(loggers=("torchao",)),  # its CUDA-only extensions that do not load on a CPU (transformers imports it when installed)
 )
 
 

@@ -2,9 +2,9 @@
 
 The quantized model is built once: restoring a layer swaps its module for FP32's (a wrapper that
 casts the input to FP32 and the output back), and swaps it back afterwards. A model that is not a
-torch module but restores layers itself (``with_fp32(layers, fp32_weights)``, as OpenVINO's does)
-makes a copy with them in FP32. Any other model whose layers cannot be swapped (an ONNX session, a
-model without FP32's module names) is rebuilt by its precision with those layers kept in FP32
+torch module but restores layers itself (a :class:`~pytest_quantreg.backends.base.RestoresLayers`)
+makes a copy with them in FP32. Any other model whose layers cannot be swapped (one that is not a torch
+module, or has not FP32's module names) is rebuilt by its precision with those layers kept in FP32
 instead, one build per set. Passes run per sample at batch size 1,
 as the measured passes do, and each one counts against the budget.
 """
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class Restored(torch.nn.Module):
 def swappable(model: object, fp32: torch.nn.Module, layers: Sequence[str]) -> bool:
     """Whether every one of ``layers`` is a module of both ``model`` and ``fp32``."""
     if not isinstance(model, torch.nn.Module) or is_compiled(model):
-        return False  # an ONNX session has no modules; a compiled model would recompile on every swap
+        return False  # a Classifier has no modules; a compiled model would recompile on every swap
     mine, theirs = dict(model.named_modules()), dict(fp32.named_modules())
     return all(name in mine and name in theirs for name in layers)
 
@@ -92,12 +93,13 @@ def swapping(model: torch.nn.Module, fp32: torch.nn.Module) -> Callable[[Layers]
     return restored
 
 
-def rebuilding(build: Callable[[Layers], torch.nn.Module]) -> Callable[[Layers], AbstractContextManager[torch.nn.Module]]:
-    """The precision built anew with the given layers kept in FP32 (the last build is reused)."""
-    last: dict[Layers, torch.nn.Module] = {}
+def rebuilding(build: Callable[[Layers], Any]) -> Callable[[Layers], AbstractContextManager[Any]]:
+    """The precision built anew with the given layers kept in FP32 (the last build is reused): a torch
+    module or a Classifier."""
+    last: dict[Layers, Any] = {}
 
     @contextmanager
-    def restored(layers: Layers) -> Iterator[torch.nn.Module]:
+    def restored(layers: Layers) -> Iterator[Any]:
         if layers not in last:
             last.clear()
             last[layers] = build(layers)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pytest_quantreg.backends.base import RestoresLayers
 from pytest_quantreg.backends.registry import dequantizers, keep_settings
 from pytest_quantreg.fallback import probe, units
 from pytest_quantreg.fallback.probe import BudgetExhausted, Probe
@@ -234,8 +235,9 @@ def find_fallback(
     layers = [layer for unit in candidates for layer in unit.layers]
     if probe.swappable(subject.model, fp32_model, layers):
         restored, strategy = probe.swapping(subject.model, fp32_model), "swap"
-    elif callable(getattr(subject.model, "with_fp32", None)):  # restores layers itself, without quantizing again (OpenVINO)
-        restored, strategy = probe.rebuilding(lambda extra: subject.model.with_fp32(extra, fp32_weights)), "restore"
+    elif isinstance(subject.model, RestoresLayers):  # restores layers itself, without quantizing again
+        model = subject.model
+        restored, strategy = probe.rebuilding(lambda extra: model.with_fp32(extra, fp32_weights)), "restore"
     else:
         restored, strategy = probe.rebuilding(lambda extra: subject.rebuild((*subject.kept, *sorted(extra)))), "rebuild"
     passes = probe.Probe(restored, inputs, budget)
@@ -298,7 +300,7 @@ def outcome(label: str, rows: np.ndarray, indices: Sequence[int], inputs: Inputs
 
 
 def with_snr(sensitivity: Sensitivity, subject: Searched, fp32_weights: Mapping[str, torch.Tensor]) -> Sensitivity:
-    """The sensitivity with each unit's worst weight SNR (the weight report's, for torch modules and ONNX files
+    """The sensitivity with each unit's worst weight SNR (the weight report's, for torch modules and Classifiers
     alike), read side by side with its effect."""
     report = weight_report(subject.label, dict(fp32_weights), subject.model, subject.kept, dequantizers())
     snr = {layer.name: layer.snr_db for layer in report.layers}

@@ -153,6 +153,8 @@ def differences(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
         if before == after:
             continue
         if isinstance(before, Mapping) and isinstance(after, Mapping):
+            if key == "versions":  # a library one side does not track is not a change (an installed one says "not installed")
+                before, after = ({k: v for k, v in side.items() if k in before and k in after} for side in (before, after))
             found += [f"{key} {change}" if key != "versions" else change for change in differences(before, after)]
         else:
             found.append(f"{key} {_short(before)} -> {_short(after)}")

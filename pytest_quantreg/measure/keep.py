@@ -1,23 +1,23 @@
 """Modules kept in FP32: ``--quantreg-keep-fp32`` resolved against a model's Linear layers.
 
 Precisions that quantize Linear layers leave these alone, each through its backend's own
-mechanism (the module set given to ``quantize_dynamic``, bitsandbytes' ``llm_int8_skip_modules``,
-torchao's ``filter_fn``, ONNX Runtime's ``nodes_to_exclude``).
-By default that is the output head: quantizing a classifier's few-row head saves nothing, and it
-is where collapses and kernel crashes happen (bitsandbytes' AVX-512 BF16 4-bit path needs a
-multiple of 32 output rows).
+mechanism (its ``Backend.keep_setting`` shows it). By default that is the output head: quantizing a
+classifier's few-row head saves nothing, and it is where collapses and kernel crashes happen (a
+4-bit CPU path that needs a multiple of 32 output rows).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pytest_quantreg.errors import QuantregError
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_quantreg.backends.base import Classifier
 
 HEAD = "head"
 NONE = "none"
@@ -124,15 +124,14 @@ def kept_in_fp32(model: object, names: Iterable[str]) -> tuple[str, ...]:
     """Which of ``names`` are plain FP32 ``nn.Linear`` layers in the built ``model``: what was really kept."""
     import torch
 
-    if not isinstance(model, torch.nn.Module):
-        own = getattr(model, "kept_in_fp32", None)  # a precision that is not a torch module says which itself
-        return tuple(own(tuple(names))) if own is not None else ()
+    if not isinstance(model, torch.nn.Module):  # a Classifier says which itself
+        return tuple(cast("Classifier", model).kept_in_fp32(tuple(names)))
     modules = dict(model.named_modules())
     return tuple(name for name in names if type(modules.get(name)) is torch.nn.Linear and _plain_fp32(modules[name].weight))
 
 
 def _plain_fp32(weight: torch.Tensor) -> bool:
-    """An FP32 weight stored as such: not a quantized tensor subclass (torchao's report FP32 as their dtype)."""
+    """An FP32 weight stored as such: not a quantized tensor subclass (some report FP32 as their dtype)."""
     import torch
 
     return weight.dtype == torch.float32 and type(weight.data) is torch.Tensor

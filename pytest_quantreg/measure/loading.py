@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
+from pytest_quantreg.backends.base import Noise
 from pytest_quantreg.errors import QuantregError
 
 if TYPE_CHECKING:
@@ -41,9 +42,20 @@ def quiet_loggers(*names: str) -> Iterator[None]:
             logger.setLevel(level)
 
 
-# Loggers that speak while transformers loads a model and imports the optional quantization libraries
-# it finds installed: torchao's CUDA-only extensions that do not load on a CPU, torch's pytree registry
-LOAD_NOISE = ("torchao", "torch.utils._pytree")
+# What the libraries say that says nothing about the user's model: torch's pytree registry while a model
+# loads, and what each backend declares (its Backend.noise, added by the registry with add_noise).
+_NOISE = [Noise(loggers=("torch.utils._pytree",))]
+
+
+def add_noise(noise: Noise) -> None:
+    """Filter ``noise`` too from now on: the built-in backends' is added when the registry is imported."""
+    if noise not in _NOISE:
+        _NOISE.append(noise)
+
+
+def held_back_loggers() -> tuple[str, ...]:
+    """The loggers held back below ERROR while libraries import and transformers loads a model."""
+    return tuple(name for noise in _NOISE for name in noise.loggers)
 
 
 @contextlib.contextmanager
@@ -57,7 +69,7 @@ def quiet_transformers() -> Iterator[None]:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings(), quiet_loggers(*LOAD_NOISE):
+        with warnings.catch_warnings(), quiet_loggers(*held_back_loggers()):
             warnings.filterwarnings("ignore", module=r"transformers\.")
             yield
     finally:
@@ -66,38 +78,21 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-# Warnings the libraries give on every build or call that say nothing about the user's model.
-KNOWN_NOISE: tuple[tuple[str, type[Warning]], ...] = (
-    (r".*quantize_dynamic.*deprecated", DeprecationWarning),  # torch: quantize_dynamic -> torchao
-    (r".*torch\.ao\.quantization.*deprecated", DeprecationWarning),
-    (r"`torch\.jit\.script_method` is deprecated", DeprecationWarning),  # torch's quantized modules
-    (r"torch\.quantize_per_tensor, torch\.quantize_per_channel", UserWarning),
-    (r"MatMul8bitLt: inputs will be cast", UserWarning),  # bitsandbytes, on every int8 call
-)
-
-
 @contextlib.contextmanager
 def known_noise_filtered() -> Iterator[None]:
-    """Filter only the named third-party warnings and log records (see ``KNOWN_NOISE`` and
-    ``KNOWN_LOG_NOISE``) for the duration."""
-    dropped = [(logging.getLogger(name), _Drop(pattern)) for name, pattern in KNOWN_LOG_NOISE]
+    """Filter only the known third-party warnings and log records (see :func:`add_noise`) for the duration."""
+    dropped = [(logging.getLogger(name), _Drop(pattern)) for noise in _NOISE for name, pattern in noise.log_records]
     for logger, drop in dropped:
         logger.addFilter(drop)
     try:
         with warnings.catch_warnings():
-            for message, category in KNOWN_NOISE:
-                warnings.filterwarnings("ignore", message=message, category=category)
+            for noise in _NOISE:
+                for message, category in noise.warnings:
+                    warnings.filterwarnings("ignore", message=message, category=category)
             yield
     finally:
         for logger, drop in dropped:
             logger.removeFilter(drop)
-
-
-# Log records the libraries write on every forward pass: (logger, message pattern).
-KNOWN_LOG_NOISE: tuple[tuple[str, str], ...] = (
-    # bitsandbytes LLM.int8 on every forward with FP32 activations: 14,504 lines in one failing test's report
-    ("bitsandbytes.autograd._functions", r"MatMul8bitLt: inputs will be cast"),
-)
 
 
 class _Drop(logging.Filter):
@@ -206,19 +201,18 @@ def load_classifier(path: Path, new_head: bool = False, trust_remote_code: bool 
 
 
 def device_of(model: Any) -> torch.device:
-    """Where ``model`` runs: a torch module's first parameter's device, else the model's own ``device``
-    (what a precision that is not a torch module, such as an ONNX Runtime session, declares)."""
+    """Where ``model`` runs: a torch module's first parameter's device, else a Classifier's own ``device``."""
     import torch
 
     if isinstance(model, torch.nn.Module):
         parameter = next(model.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
-    return torch.device(getattr(model, "device", "cpu"))
+    return torch.device(model.device)
 
 
 def model_size_mb(model: Any) -> float:
-    """A model's size in MB of 2**20 bytes: a torch module's serialized state_dict, else the model's
-    own ``size_mb()`` (an ONNX file's size)."""
+    """A model's size in MB of 2**20 bytes: a torch module's serialized state_dict, else a Classifier's
+    own ``size_mb()`` (the size of the file it runs)."""
     import torch
 
     if isinstance(model, torch.nn.Module):
@@ -228,7 +222,7 @@ def model_size_mb(model: Any) -> float:
 
 def state_dict_size_mb(model: torch.nn.Module) -> float:
     """Size of the serialized state_dict (torch.save) in MB of 2**20 bytes: the seed's definition
-    (torchao's quantized tensors serialize as their int8 data and scales)."""
+    (quantized tensor subclasses serialize as their int8 data and scales)."""
     import torch
 
     buffer = _CountingWriter()

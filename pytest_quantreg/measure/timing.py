@@ -2,7 +2,7 @@
 
 Three things get in the way on a shared CPU, and each is handled here:
 
-- Worker threads of a runtime keep spinning after a call (ONNX Runtime's pools, OpenMP's), and the
+- Worker threads of a runtime keep spinning after a call (a runtime's own pools, OpenMP's), and the
   next forward timed, another runtime's, runs against them. :func:`settle` waits until no other thread of
   this process runs before each side of a pair is timed, and the side runs untimed first.
 - Other processes take the CPU from ours. Linux counts, per thread, the time it was ready to run
@@ -78,7 +78,7 @@ def running_threads() -> int | None:
 
 def settle(limit_s: float = SETTLE_LIMIT_S) -> None:
     """Wait (at most ``limit_s``) until no other thread of this process runs: the worker threads that
-    a runtime leaves spinning after a call (OpenMP's, ONNX Runtime's) have gone to sleep. Where the
+    a runtime leaves spinning after a call (OpenMP's, a runtime's own) have gone to sleep. Where the
     threads' states cannot be read, wait one scheduler tick's worth of quiet CPU time instead."""
     deadline = time.perf_counter() + limit_s
     quiet = 0

@@ -15,14 +15,14 @@ import statistics
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pytest_quantreg.fileio import file_sha256
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_quantreg.backends.base import Dequantizer
+    from pytest_quantreg.backends.base import Classifier, Dequantizer
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 
@@ -158,8 +158,8 @@ def dequantized_weight(module: torch.nn.Module, dequantizers: Sequence[Dequantiz
 def _dequantized(model: Any, dequantizers: Sequence[Dequantizer] = ()) -> Iterator[tuple[str, torch.Tensor, str]]:
     import torch
 
-    if not isinstance(model, torch.nn.Module):  # a precision that is not a torch module reads its own (ONNX initializers)
-        yield from getattr(model, "dequantized_weights", lambda: iter(()))()
+    if not isinstance(model, torch.nn.Module):  # a Classifier reads its own (from the file it runs)
+        yield from cast("Classifier", model).dequantized_weights()
         return
     for name, module in model.named_modules():
         found = dequantized_weight(module, dequantizers)

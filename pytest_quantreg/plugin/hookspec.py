@@ -19,9 +19,10 @@ def pytest_quantreg_precisions(registry: Registry) -> None:
                               max_flip_rate=10.0, max_kl=0.1)
 
     ``build`` receives a :class:`~pytest_quantreg.BuildContext` (``ctx.load(**kwargs)`` loads the FP32
-    folder on ``ctx.device``) and returns the model to test: a torch module, or any object called like
-    one (``model(**encoding).logits``) with a ``device`` and a ``size_mb()``, such as
-    :class:`pytest_quantreg.backends.ort.OnnxClassifier`. ``compilable=True`` also offers
+    folder on ``ctx.device``) and returns the model to test: a torch module, or a
+    :class:`~pytest_quantreg.backends.base.Classifier` (called like one, ``model(**encoding).logits``,
+    with a ``device``, ``size_mb()``, ``kept_in_fp32()`` and ``dequantized_weights()``); anything else
+    fails its tests saying what it lacks. ``compilable=True`` also offers
     ``NAME+compile``. Gates left out are not applied by default (``max_drop`` defaults to 1.0 point).
     """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pytest_quantreg.backends.registry import CORE_LIBRARIES, SUPPORT_LIBRARIES, versions
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fallback.units import count
 from pytest_quantreg.judge.gates import FP32, disturbance
@@ -15,7 +16,6 @@ from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.calibration import COUNT_OPTION, FILE_OPTION
 from pytest_quantreg.measure.data import CleaningReport
 from pytest_quantreg.measure.evaluation import Measurement
-from pytest_quantreg.measure.hardware import library_versions
 from pytest_quantreg.measure.weights import WeightReport
 from pytest_quantreg.run.session import QuantregRun
 
@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from pytest_quantreg.fallback.result import Fallback
 
 TITLE = "QUANTIZATION COMPARISON SUMMARY"
-
-CORE = ("torch", "transformers", "bitsandbytes")  # versions every header shows
 
 
 def header(run: QuantregRun, hardware: bool = True) -> list[str]:
@@ -63,10 +61,9 @@ def header(run: QuantregRun, hardware: bool = True) -> list[str]:
             lines.append(f"quantreg baseline: {unreadable}; the accuracy tests will fail on it")
     except QuantregError as exc:
         lines.append(f"quantreg: cannot load the model or data yet: {exc}")
-    installed = library_versions()
-    shown = (*CORE, "torchao", "onnxruntime", "openvino", "nncf")  # the extras when installed
-    versions = ", ".join(f"{name} {installed[name]}" for name in shown if name in CORE or installed[name] != "not installed")
-    lines.append(f"quantreg versions: {versions}")
+    shown = {name: found for name, found in versions().items() if name not in ("python", *SUPPORT_LIBRARIES)}
+    listed = ", ".join(f"{name} {found}" for name, found in shown.items() if name in CORE_LIBRARIES or found != "not installed")
+    lines.append(f"quantreg versions: {listed}")
     if hardware:
         lines.append(f"quantreg hardware: {run.subject.hardware.describe()}")
     return lines

@@ -12,12 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pytest_quantreg.backends.registry import versions
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge import baselines
 from pytest_quantreg.judge.baselines import Baseline, Provenance
 from pytest_quantreg.judge.stats import LatencyRatio
 from pytest_quantreg.measure.evaluation import Measurement
-from pytest_quantreg.measure.hardware import Hardware, library_versions
+from pytest_quantreg.measure.hardware import Hardware
 
 
 class BaselineStore:
@@ -78,16 +79,16 @@ class BaselineStore:
 
     def record_fp32(self, measurement: Measurement, hardware: Hardware) -> str:
         """Write FP32's outcome (``--quantreg-update-baselines``); returns created, updated or unchanged."""
-        return baselines.write(self.path, baselines.record(measurement, self._provenance(), hardware, library_versions()))
+        return baselines.write(self.path, baselines.record(measurement, self._provenance(), hardware, versions()))
 
     def record_latency(self, hardware: Hardware, ratios: dict[str, LatencyRatio]) -> None:
         """Store latency ratios for ``hardware``'s class in the existing baseline."""
-        baselines.write_latency(self.path, hardware, ratios, library_versions())
+        baselines.write_latency(self.path, hardware, ratios, versions())
 
     def record_outcomes(self, hardware: Hardware, outcomes: dict[str, dict[str, Any]]) -> None:
         """Store precisions' outcomes for ``hardware``'s class in the existing baseline."""
-        baselines.write_outcomes(self.path, hardware, outcomes, library_versions())
+        baselines.write_outcomes(self.path, hardware, outcomes, versions())
 
     def record_fallback(self, sets: dict[str, dict[str, Any]]) -> None:
         """Store the fallback searches' sets in the existing baseline."""
-        baselines.write_fallback(self.path, sets, library_versions())
+        baselines.write_fallback(self.path, sets, versions())

@@ -6,11 +6,14 @@ A library's exception while building raises :class:`~pytest_quantreg.measure.fai
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from pytest_quantreg.backends.base import BuildContext, Precision
-from pytest_quantreg.backends.registry import Registry
+from pytest_quantreg.backends.base import BuildContext, Precision, contract_problem
+from pytest_quantreg.backends.registry import Registry, known_failures, libraries
+from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.gates import FP32
 from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.failures import library_failures
@@ -84,13 +87,15 @@ class Builds:
 
     def build_keeping(self, precision: Precision, names: tuple[str, ...]) -> torch.nn.Module:
         """``precision`` built keeping exactly the Linear layers ``names`` in FP32 (the fallback search's rebuilds)."""
-        from pytest_quantreg.measure.loading import known_noise_filtered
-
         s = self.settings
         calibration = self.subject.calibration if precision.calibrated else None
         context = BuildContext(self.subject.model_dir, s.device, s.trust_remote_code, names, calibration, s.max_length)
-        with library_failures(precision.name, "building", self.subject.hardware.describe), known_noise_filtered():
-            return precision.build(context)
+        with guarded(precision.name, "building", self.subject.hardware.describe):
+            model = precision.build(context)
+        problem = contract_problem(model, precision.name)
+        if problem is not None:
+            raise QuantregError(problem)
+        return model
 
     def timing_partner(self) -> torch.nn.Module:
         """The FP32 model timed back to back with the other precisions' timed passes (built once)."""
@@ -138,3 +143,13 @@ def release_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def guarded(precision: str, stage: str, hardware: Callable[[], str]) -> Iterator[None]:
+    """``precision`` built or run (``stage``): an exception raised inside a library becomes one message
+    (with the backends' known fixes), and what the libraries say that says nothing about the model is filtered."""
+    from pytest_quantreg.measure.loading import known_noise_filtered
+
+    with library_failures(precision, stage, hardware, libraries(), known_failures()), known_noise_filtered():
+        yield

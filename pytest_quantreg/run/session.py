@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends.base import Precision
-from pytest_quantreg.backends.registry import Registry, dequantizers
+from pytest_quantreg.backends.registry import Registry, dequantizers, versions
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.baselines import UPDATE_FLAG, Baseline, outcome_entry
 from pytest_quantreg.judge.drift import OutcomeRecord
@@ -24,10 +24,9 @@ from pytest_quantreg.judge.sanity import reference_problems
 from pytest_quantreg.judge.stats import Agreement, LatencyRatio, Reference, latency_ratio
 from pytest_quantreg.measure import keep
 from pytest_quantreg.measure.evaluation import Measurement, measure
-from pytest_quantreg.measure.failures import library_failures
 from pytest_quantreg.measure.timing import MIN_TIMED_S
 from pytest_quantreg.run.baseline_store import BaselineStore
-from pytest_quantreg.run.builds import Builds, release_memory
+from pytest_quantreg.run.builds import Builds, guarded, release_memory
 from pytest_quantreg.run.ledger import Ledger
 from pytest_quantreg.run.subject import Subject
 from pytest_quantreg.settings import Settings
@@ -65,7 +64,7 @@ class QuantregRun:
     def measure(self, name: str, model: torch.nn.Module, benchmark: Any | None, timed: bool) -> Measurement:
         """Measure ``model`` (label ``name``) once per session; measure again only when a timed pass is
         asked of an untimed one."""
-        from pytest_quantreg.measure.loading import known_noise_filtered, model_size_mb
+        from pytest_quantreg.measure.loading import model_size_mb
 
         cached = self.measurements.get(name)
         if cached is not None and _satisfies(cached, benchmark, timed):
@@ -74,7 +73,7 @@ class QuantregRun:
         timing = timed and not getattr(benchmark, "disabled", False)
         partner = self.builds.timing_partner() if timing and name != FP32 else None
         s, inputs = self.settings, self.subject.inputs
-        with library_failures(name, "running", self.subject.hardware.describe), known_noise_filtered():
+        with guarded(name, "running", self.subject.hardware.describe):
             result = measure(model, inputs, precision=name, size_mb=size, warmup=s.warmup, benchmark=benchmark, timed=timed,
                              batch_size=s.batch_size, partner=partner, pairs=s.latency_pairs)  # fmt: skip
         result = dataclasses.replace(result, kept_fp32=self.builds.kept.get(name, ()))
@@ -104,7 +103,6 @@ class QuantregRun:
         keep in FP32. The precision with that set applied is measured under ``label[fallback]``."""
         from pytest_quantreg.fallback.probe import Budget
         from pytest_quantreg.fallback.search import Gates, Searched, find_fallback
-        from pytest_quantreg.measure.loading import known_noise_filtered
 
         asked = (label, cap, tuple(sorted((key, limit.value) for key, limit in limits.items())))
         if asked in self._searched:
@@ -121,7 +119,7 @@ class QuantregRun:
         searched = Searched(label, precision.backend, model, rebuild, builds.kept_names(precision, tokens), tokens)
         gates = Gates(baseline.reference(), limits, self.subject.metric, self.subject.labels, s.fallback_headroom)
         budget = Budget(s.fallback_max_passes, s.fallback_max_seconds)
-        with library_failures(precision.name, "running", self.subject.hardware.describe), known_noise_filtered():
+        with guarded(precision.name, "running", self.subject.hardware.describe):
             fp32_model, stored = builds.timing_partner(), baseline.fallback_units(label)
             result, applied = find_fallback(
                 searched, fp32_model, builds.fp32_weights(), self.subject.inputs, measured, gates, budget, cap, stored
@@ -253,11 +251,9 @@ class QuantregRun:
 
     def outcome_provenance(self, label: str) -> dict[str, Any]:
         """What an outcome record of ``label`` is made with: a later run names what changed since."""
-        from pytest_quantreg.measure.hardware import library_versions
-
         subject, name = self.subject, label.split("[", 1)[0]
         return {
-            "versions": library_versions(),
+            "versions": versions(),
             "weights_sha256": subject.weights_sha256,
             "recipe": subject.recipe_key,
             "calibration_sha256": subject.calibration_hash() if self.registry[name].calibrated else None,

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pytest_quantreg.backends.registry import kernel_env
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.judge.baselines import Provenance, baseline_filename
 from pytest_quantreg.judge.metrics import Metric, check_sample, parse_metric
@@ -157,4 +158,4 @@ class Subject:
         """The device this run measures on, as kernels and timings depend on it."""
         from pytest_quantreg.measure.hardware import detect
 
-        return detect(self.settings.device)
+        return detect(self.settings.device, kernel_env())
