@@ -21,6 +21,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     prefix = f".{path.name}.{os.getpid()}."
     try:
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _mode_of(path))  # mkstemp's 0600 would make a report or baseline private
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -30,6 +31,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         for leftover in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
             leftover.unlink(missing_ok=True)
         raise
+
+
+def _mode_of(path: Path) -> int:
+    """The mode a rewrite of ``path`` keeps: the file's own, or what ``open()`` would give a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

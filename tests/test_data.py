@@ -220,3 +220,13 @@ def test_a_semicolon_export_runs_the_suite(quantreg_pytester: pytest.Pytester, t
         csv.writer(handle, delimiter=";").writerows(rows)
     result = record_baseline_with(quantreg_pytester, f"--quantreg-dataset={export}")
     result.stdout.fnmatch_lines([f"quantreg data: export.csv (sha256 *), sample {len(rows) - 1} *"])
+
+
+def test_unknown_labels_are_listed_beside_the_models(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.csv"
+    path.write_text("text,label\na,malicious\nb,benign\nc,benign\nd,positive\n", encoding="utf-8")
+    with pytest.raises(QuantregError) as error:
+        load_file(path, LABELS)
+    message = str(error.value)
+    assert "row 2: label 'malicious' is unknown to the model (known labels: 0=negative, 1=positive)" in message
+    assert "3 of 4 rows have such a label in column 'label': 'benign' (2), 'malicious' (1)" in message

@@ -130,3 +130,17 @@ def test_full_disk_fails_cleanly_and_keeps_the_old_baseline(tiny_disk: Path) -> 
         baselines.write(path, new)
     assert path.read_bytes() == old
     assert sorted(p.name for p in tiny_disk.iterdir()) == [path.name]
+
+
+def test_a_written_file_gets_the_mode_open_would_give_it_and_a_rewrite_keeps_its_own(tmp_path: Path) -> None:
+    from pytest_quantreg.fileio import atomic_write_text
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "report.md", "new")
+        assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        (tmp_path / "report.md").chmod(0o640)
+        atomic_write_text(tmp_path / "report.md", "again")
+        assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)

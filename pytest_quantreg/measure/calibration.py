@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.errors import NoCalibrationTexts, QuantregError
 from pytest_quantreg.measure.data import Sample, dedup_key, digest, read_csv, read_jsonl, stratified, text_id
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def draw_calibration(sample: Sample, count: int, seed: int) -> Calibration:
     rest = [e for e in dataset.eval if e.id not in sampled]
     pool = train if len(train) >= count else train + rest
     if not pool:
-        raise QuantregError(
+        raise NoCalibrationTexts(
             f"data set {dataset.name!r} leaves no texts for calibration: all {len(dataset.eval) + len(dataset.train)} are in the "
             f"evaluation sample, and calibrating on them would judge static INT8 on the texts it was fitted to; evaluate fewer "
             f"(e.g. --quantreg-samples={max(1, len(sample) * 2 // 3)}) or pass calibration texts with {FILE_OPTION}=FILE"
@@ -88,7 +88,7 @@ def load_calibration(path: Path, text_column: str, sample: Sample, count: int) -
         elif text.strip() and key not in texts and len(texts) < count:
             texts[key] = text
     if not texts:
-        raise QuantregError(f"{FILE_OPTION}: {path} has no texts outside the evaluation sample; add texts the sample does not have")
+        raise NoCalibrationTexts(f"{FILE_OPTION}: {path} has no texts outside the evaluation sample; add texts the sample does not have")
     source = f"{len(texts)} texts of {path.name}"
     if dropped:
         source += f" ({dropped} left out: they are in the evaluation sample)"

@@ -14,7 +14,7 @@ import importlib.util
 import io
 import json
 import sqlite3
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -203,6 +203,7 @@ def load_file(
     else:
         raise QuantregError(f"data set file {path} is neither .csv nor .jsonl; convert it to one of those")
     raw: list[tuple[str, int]] = []
+    unknown: list[tuple[str, object]] = []  # (where, label) of the rows whose label the model does not know
     for line, record in records:
         where = f"{path}, {'row' if suffix == '.csv' else 'line'} {line}"
         for column in (text_column, label_column):
@@ -214,7 +215,12 @@ def load_file(
         text = record[text_column]
         if not isinstance(text, str) or not text.strip():
             raise QuantregError(f"{where}: the text in column {text_column!r} is empty; remove the row or fill it in")
-        raw.append((text, _label_id(record[label_column], labels, where)))
+        try:
+            raw.append((text, _label_id(record[label_column], labels, where)))
+        except QuantregError as exc:
+            unknown.append((str(exc), record[label_column]))
+    if unknown:
+        raise QuantregError(_unknown_labels(unknown, len(records), label_column))
     if not raw:
         raise QuantregError(f"data set file {path} has no data rows; add rows with a text and a label")
     examples, cleaning = clean(raw, labels)
@@ -295,6 +301,16 @@ def _label_id(value: object, labels: Sequence[str], where: str) -> int:
         if value.strip().casefold() in folded:
             return folded[value.strip().casefold()]
     raise QuantregError(f"{where}: label {value!r} is unknown to the model ({known}); fix the row or use the model's labels")
+
+
+def _unknown_labels(unknown: list[tuple[str, object]], rows: int, column: str) -> str:
+    """The first unknown label's message, with every label of the file beside the model's: the mapping to make."""
+    first, _ = unknown[0]
+    if len(unknown) == 1:
+        return first
+    found = Counter(str(value) for _, value in unknown)
+    shown = ", ".join(f"{value!r} ({count})" for value, count in found.most_common(10)) + (" ..." if len(found) > 10 else "")
+    return f"{first}; {len(unknown)} of {rows} rows have such a label in column {column!r}: {shown}"
 
 
 DELIMITERS = (",", ";", "\t", "|")  # comma first: it wins a tie

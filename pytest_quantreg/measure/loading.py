@@ -138,7 +138,8 @@ def check_model_dir(path: Path, *, trust_remote_code: bool = False, classifier: 
     if config.get("auto_map") and not trust_remote_code:
         raise QuantregError(
             f"model folder {path} ships Python code of its own (auto_map: {', '.join(sorted(config['auto_map']))}), "
-            f"which pytest-quantreg never runs unless asked; read that code, then pass {TRUST_FLAG}"
+            f"which pytest-quantreg never runs unless asked; read that code, then pass {TRUST_FLAG} "
+            "(or set quantreg_trust_remote_code = true in the ini file)"
         )
     archs = config.get("architectures") or []
     if classifier and archs and not any(str(a).endswith("ForSequenceClassification") for a in archs):

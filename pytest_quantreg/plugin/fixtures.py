@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from pytest_quantreg.errors import NoCalibrationTexts
 from pytest_quantreg.judge.gates import FP32
 from pytest_quantreg.plugin.check import Quantreg, user_errors
 from pytest_quantreg.plugin.marker import marker_kwargs
@@ -54,8 +55,9 @@ def quantreg_model(quantreg_run: QuantregRun, quantreg_precision: str) -> Iterat
 def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Module]:
     """Build the model (and its weight report when asked), hand it out, then free its memory.
 
-    A precision whose libraries are installed but fail to import is skipped with the reason."""
-    problem = run.registry[precision].import_problem()
+    A precision whose libraries are installed but fail to import, or a static one for which the data
+    set leaves no calibration texts, is skipped with the reason."""
+    problem = run.registry[precision].import_problem() or _no_calibration(run, precision)
     if problem:
         run.ledger.skipped[precision] = problem
         pytest.skip(problem)
@@ -65,6 +67,17 @@ def _model_lifetime(run: QuantregRun, precision: str) -> Iterator[torch.nn.Modul
     yield model
     del model
     release_memory()
+
+
+def _no_calibration(run: QuantregRun, precision: str) -> str | None:
+    """Why a calibrated precision has no texts to calibrate on, or None."""
+    if not run.registry[precision].calibrated:
+        return None
+    try:
+        run.subject.calibration  # noqa: B018  (drawn once and kept)
+    except NoCalibrationTexts as exc:
+        return f"{precision}: {exc}"
+    return None
 
 
 @pytest.fixture(scope="session")

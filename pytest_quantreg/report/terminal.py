@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.backends.registry import CORE_LIBRARIES, SUPPORT_LIBRARIES, versions
-from pytest_quantreg.errors import QuantregError
+from pytest_quantreg.errors import NoCalibrationTexts, QuantregError
 from pytest_quantreg.fallback.units import count
 from pytest_quantreg.judge.gates import FP32, disturbance
 from pytest_quantreg.judge.metrics import ACCURACY, ACCURACY_METRIC, ClassMetrics, Metric, class_metrics
@@ -81,7 +81,8 @@ def _calibration_line(run: QuantregRun, calibrated: list[str]) -> str:
     try:
         calibration = run.subject.calibration
     except QuantregError as exc:
-        return f"quantreg calibration: {exc}; {', '.join(calibrated)} will fail"
+        outcome = "will be skipped" if isinstance(exc, NoCalibrationTexts) else "will fail"
+        return f"quantreg calibration: {exc}; {', '.join(calibrated)} {outcome}"
     return (
         f"quantreg calibration of {', '.join(calibrated)}: {calibration.source}, none of them in the sample "
         f"(sha256 {calibration.sha256[:12]}; {COUNT_OPTION}, {FILE_OPTION})"
