@@ -213,19 +213,21 @@ class QuantregRun:
         ratios = {name: latency_ratio(m.paired_s) for name, m in timed.items() if name not in busy}
         measured = {name: ratio for name, ratio in ratios.items() if ratio is not None}
         notes = self.ledger.notes
+        if not timed:
+            return
+        try:  # first: without a baseline nothing is recorded, busy or not
+            self.baseline()
+        except QuantregError:
+            notes["latency recorded"] = (
+                f"latency ratios not recorded: no usable FP32 baseline at {self.store.path}; record one with {UPDATE_FLAG}"
+            )
+            return
         if busy:
             notes["latency not recorded"] = (
                 f"latency ratios of {', '.join(busy)} not recorded: the machine was busy while they were timed "
                 "(their latency tests say how); record them on a quiet machine"
             )
         if not measured:
-            return
-        try:
-            self.baseline()
-        except QuantregError:
-            notes["latency recorded"] = (
-                f"latency ratios not recorded: no usable FP32 baseline at {self.store.path}; record one with {UPDATE_FLAG}"
-            )
             return
         hardware = self.subject.hardware
         self.store.record_latency(hardware, measured)
