@@ -296,7 +296,7 @@ def test_latency_pairs_option_sets_how_many_pairs_are_timed(quantreg_pytester: p
     assert info["latency_pairs_wanted"] == 12
     assert info.get("latency_pairs", 0) <= 12
     if not info.get("latency_disturbed"):  # a busy machine leaves fewer clean pairs, and says so
-        assert MIN_CLEAN_SHARE * 12 <= info.get("latency_pairs", 0)
+        assert info.get("latency_pairs", 0) >= MIN_CLEAN_SHARE * 12
 
 
 def test_unavailable_precision_is_skipped_with_the_reason(quantreg_pytester: pytest.Pytester) -> None:

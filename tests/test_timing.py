@@ -98,7 +98,9 @@ def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pyteste
     """Every core taken by a busy loop: the latency tests say the machine was busy, none passes or fails."""
     record_baseline(quantreg_pytester)
     with busy_neighbours(2 * (__import__("os").cpu_count() or 2)):
-        result = quantreg_pytester.runpytest("--precision=fp32,int8", "-k", "latency", "-rs", "--quantreg-max-latency-ratio=int8=0.0001")
+        result = quantreg_pytester.runpytest(
+            "--precision=fp32,int8", "-k", "latency", "-rs", "--quantreg-max-latency-ratio=int8=0.0001", "--quantreg-report=report"
+        )
     result.assert_outcomes(skipped=2)  # the busy logic itself: the skips are the verdict
     result.stdout.fnmatch_lines(
         [
@@ -108,6 +110,11 @@ def test_a_busy_machine_skips_the_latency_gate_with_the_figures(quantreg_pyteste
         ]
     )
     result.stdout.fnmatch_lines(["*latency ratio, paired*busy machine*"])
+    assert "no latency ratio recorded" not in result.stdout.str()  # nothing judged them: no note says their limits did
+    report = (quantreg_pytester.path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "The machine was busy while fp32, int8-dynamic were timed" in report
+    assert "tradeoff.png is not drawn" in report
+    assert not (quantreg_pytester.path / "report" / "tradeoff.png").exists()  # no ratio was judged: none is plotted
 
 
 def test_short_forwards_are_timed_several_at_a_time_and_the_run_says_so(quantreg_pytester: pytest.Pytester) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_quantreg.errors import QuantregError
 from pytest_quantreg.fileio import atomic_write_text
+from pytest_quantreg.judge.gates import disturbance
 from pytest_quantreg.judge.metrics import ACCURACY_METRIC, Metric, class_metrics
 from pytest_quantreg.judge.stats import Agreement, LatencyRatio, Reference, compare, latency_ratio
 from pytest_quantreg.measure.evaluation import Measurement
@@ -58,12 +59,13 @@ def write_report(
     into ``directory``; return the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     paired = {name: compare(m, reference[0], metric, class_names) for name, m in measurements.items()} if reference else {}
-    ratios = {name: latency_ratio(m.paired_s) for name, m in measurements.items()}
+    busy = {name for name, m in measurements.items() if disturbance(m)}  # their latency gates did not judge
+    ratios = {name: None if name in busy else latency_ratio(m.paired_s) for name, m in measurements.items()}
     charts = [
         _tradeoff_chart(directory, measurements, paired, ratios),
         _drop_chart(directory, paired, metric),
         _size_chart(directory, measurements),
-        _latency_chart(directory, measurements),
+        _latency_chart(directory, measurements, busy),
     ]
     for stale in {"tradeoff.png", "drop.png", "latency.png", "accuracy.png"} - {c.name for c in charts if c is not None}:
         (directory / stale).unlink(missing_ok=True)  # a chart this run cannot draw: none left from an earlier run
@@ -71,6 +73,8 @@ def write_report(
     lines += _classes(measurements, class_names)
     drawn = [path for path in charts if path is not None]
     lines += [f"![{path.stem}]({path.name})" for path in drawn]
+    if busy:
+        lines += ["", _busy_line(sorted(busy), tradeoff_drawn=charts[0] is not None)]
     report = directory / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return [report, *drawn]
@@ -191,12 +195,24 @@ def _drop_chart(directory: Path, paired: dict[str, Agreement], metric: Metric) -
     return _save(figure, directory / "drop.png")
 
 
-def _latency_chart(directory: Path, measurements: dict[str, Measurement]) -> Path | None:
+def _busy_line(busy: list[str], tradeoff_drawn: bool) -> str:
+    """What the charts leave out or mark because the machine was busy while they were timed."""
+    where = "tradeoff.png leaves them out" if tradeoff_drawn else "tradeoff.png is not drawn: no other ratio was judged"
+    return (
+        f"The machine was busy while {', '.join(busy)} were timed, so their latency gates did not judge: {where}, "
+        "and latency.png marks their timings (busy) in grey."
+    )
+
+
+def _latency_chart(directory: Path, measurements: dict[str, Measurement], busy: set[str]) -> Path | None:
     timed = {name: [s * 1000 for s in m.latencies_s] for name, m in measurements.items() if m.latencies_s}
     if not timed:
         return None  # an untimed run (--benchmark-disable)
     figure, axes = _figure(max(8.0, 0.65 * len(timed)), 4.5)
-    axes.boxplot(list(timed.values()), tick_labels=list(timed), showfliers=True, flierprops={"markersize": 2})
+    labels = [f"{name} (busy)" if name in busy else name for name in timed]
+    boxes = axes.boxplot(list(timed.values()), tick_labels=labels, showfliers=True, flierprops={"markersize": 2}, patch_artist=True)
+    for name, box in zip(timed, boxes["boxes"], strict=True):
+        box.set_facecolor("#dddddd" if name in busy else "#a6c8e6")
     axes.set_yscale("log")  # one slow outlier would otherwise flatten every box
     _plain_log_ticks(axes.yaxis)
     axes.set_ylabel("latency per sample (ms, batch size 1, log)")

@@ -9,6 +9,7 @@ from pytest_quantreg.fileio import atomic_write_json
 from pytest_quantreg.judge.baselines import TIMING_PROTOCOL, UPDATE_FLAG
 from pytest_quantreg.judge.gates import FP32
 from pytest_quantreg.judge.stats import compare
+from pytest_quantreg.judge.verdict import Verdict
 from pytest_quantreg.run.session import QuantregRun
 
 
@@ -106,17 +107,24 @@ def _or_none(call: Any) -> Any:
         return None
 
 
+def _not_judged(verdict: Verdict | None) -> bool:
+    return verdict is None or verdict.outcome == "not judged"
+
+
 def unrecorded_note(run: QuantregRun) -> str | None:
-    """The summary line naming the precisions judged without a latency record for this hardware class."""
-    if not run.ledger.unrecorded:
+    """The summary line naming the precisions judged without a latency record for this hardware class
+    (one whose latency gate did not judge, a busy machine's, is not named: nothing judged it)."""
+    judged = {run.record_key(label) for label, gates in run.ledger.verdicts.items() if not _not_judged(gates.get("latency"))}
+    unrecorded = [key for key in run.ledger.unrecorded if key in judged]
+    if not unrecorded:
         return None
     if run.store.usable() is None:  # nothing can be recorded into it before it is fixed or recorded
         return (
             f"no usable FP32 baseline at {run.store.path} (the accuracy tests say why): only fixed limits judged the latency "
-            f"of {', '.join(run.ledger.unrecorded)}; record the baseline with {UPDATE_FLAG}"
+            f"of {', '.join(unrecorded)}; record the baseline with {UPDATE_FLAG}"
         )
     return (
-        f"no latency ratio recorded for {', '.join(run.ledger.unrecorded)} on this hardware class "
+        f"no latency ratio recorded for {', '.join(unrecorded)} on this hardware class "
         f"({run.subject.hardware.hardware_class}) in {run.store.path} (or recorded with an older timing protocol, "
         f"{TIMING_PROTOCOL} here): only their fixed limits judged them; record them on this machine with --quantreg-record-latency"
     )
