@@ -114,6 +114,18 @@ def test_predictions_are_paired_by_sample_not_compared_as_two_accuracies(project
     assert "REGRESSION int8-dynamic (cpu): 3.33% of the predictions changed (> 1%): 2 of 60 predictions changed" in gated.stdout
 
 
+def test_builds_with_other_layers_kept_in_fp32_are_named_two_builds(project: pytest.Pytester) -> None:
+    run_suite(project, "base.json")
+    run_suite(project, "head.json", False, "--quantreg-keep-fp32=head,bert.encoder.layer.0.output.dense")
+    result = compare("base.json", "head.json", cwd=project.path)
+    assert (
+        "note: int8-dynamic: two different builds: BASE kept head (1 layer) in FP32, HEAD kept "
+        "head,bert.encoder.layer.0.output.dense (2 layers) (--quantreg-keep-fp32)"
+    ) in result.stdout, result.stdout
+    same = compare("base.json", "base.json", cwd=project.path)
+    assert "two different builds" not in same.stdout
+
+
 def judged_suite(project: pytest.Pytester, output: str) -> dict[str, Any]:
     """``run_suite`` until no latency in it was timed on a busy machine (the edits below need judged ratios);
     skip saying so when the machine stays busy."""

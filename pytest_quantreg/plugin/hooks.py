@@ -85,7 +85,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the files asked for; a pytest-xdist worker sends its ledger to the controller instead."""
+    """Finish the run (its records into the baseline), then write the files asked for; a pytest-xdist worker
+    sends its ledger to the controller instead."""
     run = session.config.stash.get(RUN, None)
     if run is None:
         return
@@ -95,6 +96,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     from pytest_quantreg.report.summary import write_files
 
+    run.finish()
     write_files(run)
 
 

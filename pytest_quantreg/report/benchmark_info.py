@@ -157,6 +157,8 @@ class Entry:
     fallback_units: tuple[str, ...] | None = None  # the fallback search's set, when one ran
     rounds: tuple[LatencyRound, ...] = ()  # each run's paired latency (several when the side has rounds)
     outcomes: dict[str, tuple[int, int]] | None = None  # (prediction, label) by sample id, when the run wrote them
+    keep_fp32: str | None = None  # the --quantreg-keep-fp32 setting it was built with
+    kept_fp32: tuple[str, ...] | None = None  # the Linear layers its build really kept in FP32
 
     @property
     def key(self) -> Key:
@@ -260,6 +262,8 @@ def _entry(bench: Any) -> Entry | None:
         fallback_units=tuple(map(str, info["fallback_units"])) if isinstance(info.get("fallback_units"), list) else None,
         rounds=(latency,),
         outcomes=_outcomes(info.get("sample_outcomes")),
+        keep_fp32=str(info["keep_fp32"]) if info.get("keep_fp32") else None,
+        kept_fp32=tuple(map(str, info["kept_fp32"])) if isinstance(info.get("kept_fp32"), list) else None,
     )
 
 

@@ -97,6 +97,11 @@ def compare_runs(base: Run, head: Run, thresholds: dict[str, float]) -> Comparis
             continue
         if row.base.weights != row.head.weights:
             notes.append(f"{row.key[2]}: the model's weights changed between BASE and HEAD")
+        if row.base.kept_fp32 != row.head.kept_fp32 and None not in (row.base.kept_fp32, row.head.kept_fp32):
+            notes.append(
+                f"{row.key[2]}: two different builds: BASE kept {_layers(row.base)} in FP32, HEAD kept {_layers(row.head)} "
+                "(--quantreg-keep-fp32); the figures compare those builds"
+            )
         same_hardware = row.base.hardware_class == row.head.hardware_class
         if not same_hardware:
             base_class, head_class = row.base.hardware_class or "not recorded", row.head.hardware_class or "not recorded"
@@ -106,6 +111,12 @@ def compare_runs(base: Run, head: Run, thresholds: dict[str, float]) -> Comparis
         if fallback:
             notes.append(f"{row.key[2]}: its fallback set (units kept in FP32 to pass) {fallback}")
     return Comparison(base, head, rows, list(dict.fromkeys(notes)))
+
+
+def _layers(entry: Entry) -> str:
+    """What a build kept in FP32, as its setting and the layers' count: ``head (1 layer)``."""
+    kept = entry.kept_fp32 or ()
+    return f"{entry.keep_fp32 or '?'} ({len(kept)} layer{'' if len(kept) == 1 else 's'})"
 
 
 def _fallback_change(base: tuple[str, ...] | None, head: tuple[str, ...] | None) -> str | None:

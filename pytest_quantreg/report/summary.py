@@ -14,14 +14,9 @@ from pytest_quantreg.run.session import QuantregRun
 
 
 def write_files(run: QuantregRun) -> None:
-    """The latency record, the weight and fallback reports' JSON, the fallback sets in the baseline and the
-    Markdown report with charts, each as asked; what cannot be written is said at the end of the run."""
+    """The weight and fallback reports' JSON and the Markdown report with charts, each as asked, from what
+    the finished run holds; what cannot be written is said at the end of the run."""
     ledger, settings = run.ledger, run.settings
-    for what, step in (("latency record", run.record_latency), ("outcome record", run.record_outcomes)):
-        try:
-            step()
-        except QuantregError as exc:
-            ledger.skipped[what] = str(exc)
     model = run.subject.model_name
     if settings.weights_report is not None and ledger.weight_reports:
         reports = [r.to_json() for r in ledger.weight_reports.values()]
@@ -29,10 +24,6 @@ def write_files(run: QuantregRun) -> None:
     if settings.fallback_report is not None and ledger.fallback_reports:
         reports = list(ledger.fallback_reports.values())
         _write_json(run, settings.fallback_report, {"model": model, "precisions": reports}, "fallback report", "--quantreg-fallback-report")
-    try:
-        run.record_fallback_sets()
-    except QuantregError as exc:
-        ledger.skipped["fallback sets"] = str(exc)
     folder = settings.report_dir
     if folder is not None and run.measurements:
         from pytest_quantreg.report.files import write_report

@@ -203,6 +203,17 @@ class QuantregRun:
             self.ledger.unrecorded.append(key)
         return record
 
+    def finish(self) -> None:
+        """The run's last own step: what it was asked to record goes into the baseline (its latency ratios,
+        its outcome records, the fallback sets found); what cannot be written is kept in ``ledger.skipped``
+        for the end of the run to say. The reports are written from what it holds after this."""
+        steps = {"latency record": self.record_latency, "outcome record": self.record_outcomes, "fallback sets": self.record_fallback_sets}
+        for what, step in steps.items():
+            try:
+                step()
+            except QuantregError as exc:
+                self.ledger.skipped[what] = str(exc)
+
     def record_latency(self) -> None:
         """With ``--quantreg-update-baselines`` or ``--quantreg-record-latency``, store this run's paired
         latency ratios for this hardware class in the baseline."""
